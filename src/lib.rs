@@ -1,0 +1,12 @@
+//! Hyperpage Operator: developer portals as Kubernetes resources.
+
+pub mod admin;
+pub mod api;
+pub mod lease;
+pub mod metrics;
+pub mod operator;
+pub mod portal;
+pub mod telemetry;
+
+/// The version of this build, reported by `hyperpage version` and `hyperpage_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

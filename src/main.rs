@@ -1,0 +1,169 @@
+//! The `hyperpage` binary: `operator`, `portal`, `crd`, `version`.
+
+use clap::{Args, Parser, Subcommand};
+use hyperpage::lease::LeaseConfig;
+use hyperpage::operator::{OperatorConfig, children::BuildConfig};
+use hyperpage::portal::PortalConfig;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "hyperpage", version = hyperpage::VERSION, about = "Developer portals as Kubernetes resources")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (leader-elected; run two or more replicas).
+    Operator(OperatorArgs),
+    /// Run one Workspace's portal (started by the operator in the Workspace's namespace).
+    Portal(PortalArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+    /// Print the version.
+    Version,
+}
+
+#[derive(Args)]
+struct OperatorArgs {
+    /// Address of the admin server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "HYPERPAGE_ADMIN_ADDRESS", default_value = "0.0.0.0:9090")]
+    admin_address: SocketAddr,
+
+    /// Elect a leader through a Lease so that only one replica acts. Turn off only when
+    /// exactly one replica runs.
+    #[arg(long, env = "HYPERPAGE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+
+    /// Namespace of the leader Lease; defaults to the pod's namespace, then the kubeconfig's.
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+
+    /// Name of the leader Lease.
+    #[arg(long, env = "HYPERPAGE_LEASE_NAME", default_value = "hyperpage-operator")]
+    lease_name: String,
+
+    /// This replica's identity in the Lease; defaults to the pod name, then host name and pid.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+
+    /// How long a Lease stays valid without renewal before a standby may take it.
+    #[arg(long, env = "HYPERPAGE_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+
+    /// How long the leader keeps acting without a successful renewal (must be shorter than
+    /// the lease duration: this is what fences a partitioned leader).
+    #[arg(long, env = "HYPERPAGE_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    renew_deadline: Duration,
+
+    /// How often the leader renews and a standby retries.
+    #[arg(long, env = "HYPERPAGE_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    retry_period: Duration,
+
+    /// Image the portal Deployments run when a Workspace names none.
+    #[arg(long, env = "HYPERPAGE_PORTAL_IMAGE", default_value = concat!("ghcr.io/hyperpage-dev/hyperpage:", env!("CARGO_PKG_VERSION")))]
+    portal_image: String,
+
+    /// How often converged objects are looked at again (reads only; no writes unless
+    /// something drifted).
+    #[arg(long, env = "HYPERPAGE_RESYNC", default_value = "10m", value_parser = humantime::parse_duration)]
+    resync: Duration,
+
+    /// Objects reconciled at once per controller.
+    #[arg(long, env = "HYPERPAGE_CONCURRENCY", default_value_t = 4)]
+    concurrency: u16,
+}
+
+#[derive(Args)]
+struct PortalArgs {
+    /// Namespace of the Workspace.
+    #[arg(long, env = "HYPERPAGE_NAMESPACE")]
+    namespace: String,
+
+    /// Name of the Workspace.
+    #[arg(long, env = "HYPERPAGE_WORKSPACE")]
+    workspace: String,
+
+    /// Address to serve the page, the JSON API and the probes on.
+    #[arg(long, env = "HYPERPAGE_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+
+    /// Serve only the JSON API and probes (sidecar mode, beside a portal image of your own).
+    #[arg(long, env = "HYPERPAGE_API_ONLY")]
+    api_only: bool,
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "hyperpage".into());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let client = kube::Client::try_default().await.map_err(|e| format!("failed to create a Kubernetes client: {e}"))?;
+    let lease = if args.leader_elect {
+        let lease = LeaseConfig {
+            namespace: args.lease_namespace.unwrap_or_else(|| client.default_namespace().to_string()),
+            name: args.lease_name,
+            identity: args.identity.unwrap_or_else(default_identity),
+            lease_duration: args.lease_duration,
+            renew_deadline: args.renew_deadline,
+            retry_period: args.retry_period,
+        };
+        lease.validate()?;
+        Some(lease)
+    } else {
+        None
+    };
+    tracing::info!(version = hyperpage::VERSION, leader_elect = lease.is_some(), "starting hyperpage operator");
+    let config = OperatorConfig {
+        admin_address: args.admin_address,
+        lease,
+        build: BuildConfig { portal_image: args.portal_image },
+        resync: args.resync,
+        concurrency: args.concurrency.max(1),
+    };
+    hyperpage::operator::run(client, config).await
+}
+
+async fn run_portal(args: PortalArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let client = kube::Client::try_default().await.map_err(|e| format!("failed to create a Kubernetes client: {e}"))?;
+    let config = PortalConfig { namespace: args.namespace, workspace: args.workspace, listen: args.listen, api_only: args.api_only };
+    hyperpage::portal::run(client, config).await
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => {
+            print!("{}", hyperpage::api::crds_yaml());
+            Ok(())
+        }
+        Command::Version => {
+            println!("hyperpage {}", hyperpage::VERSION);
+            Ok(())
+        }
+        Command::Operator(args) => runtime().and_then(|rt| {
+            hyperpage::telemetry::init();
+            rt.block_on(run_operator(args))
+        }),
+        Command::Portal(args) => runtime().and_then(|rt| {
+            hyperpage::telemetry::init();
+            rt.block_on(run_portal(args))
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "exiting");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
