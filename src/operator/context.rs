@@ -1,0 +1,194 @@
+//! What every reconcile shares: the client, the caches, the fence and the telemetry.
+
+use super::children::{BuildConfig, FIELD_MANAGER};
+use super::diff::is_subset;
+use super::error::{Error, backoff};
+use crate::api::{ToolBinding, Workspace};
+use crate::lease::Fence;
+use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ObjectReference, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Read-only views of the watch caches the reconcilers work from.
+#[derive(Clone)]
+pub struct Stores {
+    pub workspaces: Store<Workspace>,
+    pub bindings: Store<ToolBinding>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub roles: Store<Role>,
+    pub role_bindings: Store<RoleBinding>,
+    pub network_policies: Store<NetworkPolicy>,
+    pub ingresses: Store<Ingress>,
+    pub pod_disruption_budgets: Store<PodDisruptionBudget>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub build: BuildConfig,
+    pub fence: Fence,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    /// How often a converged object is looked at again (reads only).
+    pub resync: Duration,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, stores: Stores, build: BuildConfig, fence: Fence, metrics: Metrics, resync: Duration) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self { client, stores, build, fence, metrics, recorder, resync, failures: Mutex::new(HashMap::new()) }
+    }
+
+    /// Refuses every write once this replica is no longer the leader.
+    pub fn ensure_leader(&self) -> Result<(), Error> {
+        if self.fence.is_open() { Ok(()) } else { Err(Error::NotLeader) }
+    }
+
+    /// Server-side applies `desired` unless the cached live object already matches it.
+    /// Returns whether a request was sent.
+    pub async fn apply_if_changed<K>(&self, controller: &'static str, store: &Store<K>, desired: &K) -> Result<bool, Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + Debug,
+    {
+        let kind = kind_of::<K>();
+        let name = desired.name_any();
+        let namespace = desired.namespace().unwrap_or_default();
+        let want = serde_json::to_value(desired).map_err(|source| Error::Serialize { kind, source })?;
+        if let Some(live) = store.get(&ObjectRef::new(&name).within(&namespace)) {
+            let have = serde_json::to_value(&*live).map_err(|source| Error::Serialize { kind, source })?;
+            if is_subset(&want, &have) {
+                return Ok(false);
+            }
+        }
+        self.ensure_leader()?;
+        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await.map_err(|source| Error::Apply {
+            kind,
+            name: name.clone(),
+            source,
+        })?;
+        self.metrics.record_write(controller, kind, "apply");
+        tracing::info!(kind, %namespace, %name, "applied");
+        Ok(true)
+    }
+
+    /// Deletes a child that must no longer exist (a PDB after scaling to one replica, an
+    /// Ingress after it was removed from the spec), if the cache says it is there.
+    pub async fn delete_if_present<K>(&self, controller: &'static str, store: &Store<K>, namespace: &str, name: &str) -> Result<bool, Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    {
+        if store.get(&ObjectRef::new(name).within(namespace)).is_none() {
+            return Ok(false);
+        }
+        self.ensure_leader()?;
+        let kind = kind_of::<K>();
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => return Err(Error::Delete { kind, name: name.to_string(), source }),
+        }
+        self.metrics.record_write(controller, kind, "delete");
+        tracing::info!(kind, %namespace, %name, "deleted");
+        Ok(true)
+    }
+
+    /// Server-side applies a status under the operator's field manager.
+    pub async fn apply_status<K>(&self, controller: &'static str, object: &K, status: &impl Serialize) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    {
+        self.ensure_leader()?;
+        let kind = kind_of::<K>();
+        let name = object.name_any();
+        let api: Api<K> = Api::namespaced(self.client.clone(), &object.namespace().unwrap_or_default());
+        let body = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .map_err(|source| Error::Status { kind, name, source })?;
+        self.metrics.record_write(controller, kind, "status");
+        Ok(())
+    }
+
+    /// Publishes an Event; a failure is logged, never fatal, since the condition says it too.
+    pub async fn publish_event(
+        &self,
+        controller: &'static str,
+        reference: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
+        if self.ensure_leader().is_err() {
+            return;
+        }
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        match self.recorder.publish(&event, reference).await {
+            Ok(()) => self.metrics.record_write(controller, "Event", "create"),
+            Err(error) => tracing::warn!(%error, reason, "failed to publish event"),
+        }
+    }
+
+    pub fn observe_reconcile(&self, controller: &'static str, seconds: f64) {
+        let labels = ControllerLabels { controller };
+        self.metrics.reconciles.get_or_create(&labels).inc();
+        self.metrics.reconcile_duration.get_or_create(&labels).observe(seconds);
+    }
+
+    /// Forgets past failures of `key` after a success.
+    pub fn reset_failures(&self, key: &str) {
+        self.failures.lock().expect("failures lock poisoned").remove(key);
+    }
+
+    /// Counts a failure and returns how long to wait before the next attempt.
+    pub fn record_failure(&self, controller: &'static str, key: &str, error: &Error) -> Duration {
+        self.metrics.reconcile_errors.get_or_create(&ErrorLabels { controller, category: error.category() }).inc();
+        let mut failures = self.failures.lock().expect("failures lock poisoned");
+        let count = failures.entry(key.to_string()).or_insert(0);
+        *count += 1;
+        backoff(*count)
+    }
+}
+
+pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    // Kinds are static strings for every k8s-openapi and kube-derived type.
+    match K::kind(&()) {
+        std::borrow::Cow::Borrowed(kind) => kind,
+        std::borrow::Cow::Owned(_) => "Object",
+    }
+}
+
+/// `namespace/name`, the key used in logs and the failure counter.
+pub fn object_key<K: ResourceExt>(object: &K) -> String {
+    format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any())
+}

@@ -1,0 +1,289 @@
+//! `hyperpage operator`: leader election, the two controllers and the admin server.
+
+pub mod children;
+pub mod context;
+pub mod diff;
+pub mod error;
+pub mod toolbinding;
+pub mod workspace;
+
+#[cfg(test)]
+mod tests;
+
+use crate::admin::{self, Readiness};
+use crate::api::{ToolBinding, Workspace};
+use crate::lease::{Fence, LeaderElector, LeaseConfig};
+use crate::metrics::Metrics;
+use children::{BuildConfig, MANAGED_BY};
+use context::{Context, Stores, object_key};
+use error::Error;
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Events a slow subscriber may fall behind by before the shared watch waits for it.
+const SUBSCRIBE_BUFFER: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    pub admin_address: SocketAddr,
+    /// `None`: this replica always acts (a single replica, or tests).
+    pub lease: Option<LeaseConfig>,
+    pub build: BuildConfig,
+    pub resync: Duration,
+    pub concurrency: u16,
+}
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(client: Client, config: OperatorConfig) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let admin_app = admin::router(metrics.clone(), readiness.clone());
+    let listener = tokio::net::TcpListener::bind(config.admin_address).await?;
+    tracing::info!(address = %config.admin_address, "admin server listening on /metrics, /healthz, /readyz");
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, admin_app).await {
+            tracing::error!(%error, "admin server stopped");
+        }
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = shutdown_tx.send(true);
+    });
+
+    let (mut leading, fence, elector_task) = match &config.lease {
+        Some(lease) => {
+            let (elector, leading, fence) = LeaderElector::new(client.clone(), lease.clone(), metrics.clone());
+            let mut rx = shutdown_rx.clone();
+            let task = tokio::spawn(elector.run(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }));
+            (leading, fence, Some(task))
+        }
+        None => {
+            metrics.leader.set(1);
+            let (_tx, rx) = watch::channel(true);
+            // Keep the sender alive for the life of the process.
+            std::mem::forget(_tx);
+            (rx, Fence::always_open(), None)
+        }
+    };
+
+    let mut shutdown = shutdown_rx.clone();
+    loop {
+        // Standby: healthy and ready, waiting for the Lease.
+        readiness.set(true);
+        tokio::select! {
+            result = leading.wait_for(|l| *l) => { if result.is_err() { break; } }
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        readiness.set(false);
+        tracing::info!("starting controllers");
+        let controllers = run_controllers(client.clone(), &config, fence.clone(), metrics.clone(), readiness.clone());
+        tokio::select! {
+            _ = controllers => tracing::warn!("controllers stopped"),
+            _ = leading.wait_for(|l| !*l) => tracing::info!("lost leadership; controllers stopped"),
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    fence.close();
+    if let Some(task) = elector_task {
+        // The elector releases the Lease on shutdown; give it a moment to do so.
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// A shared, managedFields-free watch cache of `K`, and the future that keeps it current.
+fn shared_cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, ReflectHandle<K>, ReflectHandle<K>, impl std::future::Future<Output = ()>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store_shared(SUBSCRIBE_BUFFER);
+    let first = writer.subscribe().expect("shared stores hand out subscribers");
+    let second = writer.subscribe().expect("shared stores hand out subscribers");
+    let kind = K::kind(&()).to_string();
+    let drive = watcher(api, config).default_backoff().modify(|o: &mut K| o.managed_fields_mut().clear()).reflect_shared(writer).for_each(
+        move |event| {
+            if let Err(error) = event {
+                tracing::warn!(%error, kind = %kind, "watch failed; retrying");
+            }
+            std::future::ready(())
+        },
+    );
+    (reader, first, second, drive)
+}
+
+fn managed_children() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
+}
+
+/// Runs both controllers until dropped.
+async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, metrics: Metrics, readiness: Readiness) {
+    let all = watcher::Config::default;
+    let (workspaces, ws_for_ws, ws_for_tb, ws_drive) = shared_cache::<Workspace>(Api::all(client.clone()), all());
+    let (bindings, tb_for_tb, tb_for_ws, tb_drive) = shared_cache::<ToolBinding>(Api::all(client.clone()), all());
+    let (deployments, deploy_sub, _, deploy_drive) = shared_cache::<Deployment>(Api::all(client.clone()), managed_children());
+    let (services, svc_sub, _, svc_drive) = shared_cache::<Service>(Api::all(client.clone()), managed_children());
+    let (service_accounts, sa_sub, _, sa_drive) = shared_cache::<ServiceAccount>(Api::all(client.clone()), managed_children());
+    let (roles, role_sub, _, role_drive) = shared_cache::<Role>(Api::all(client.clone()), managed_children());
+    let (role_bindings, rb_sub, _, rb_drive) = shared_cache::<RoleBinding>(Api::all(client.clone()), managed_children());
+    let (network_policies, np_sub, _, np_drive) = shared_cache::<NetworkPolicy>(Api::all(client.clone()), managed_children());
+    let (ingresses, ing_sub, _, ing_drive) = shared_cache::<Ingress>(Api::all(client.clone()), managed_children());
+    let (pdbs, pdb_sub, _, pdb_drive) = shared_cache::<PodDisruptionBudget>(Api::all(client.clone()), managed_children());
+    let drives = futures::future::join_all(vec![
+        ws_drive.boxed(),
+        tb_drive.boxed(),
+        deploy_drive.boxed(),
+        svc_drive.boxed(),
+        sa_drive.boxed(),
+        role_drive.boxed(),
+        rb_drive.boxed(),
+        np_drive.boxed(),
+        ing_drive.boxed(),
+        pdb_drive.boxed(),
+    ]);
+
+    let stores = Stores {
+        workspaces: workspaces.clone(),
+        bindings: bindings.clone(),
+        deployments,
+        services,
+        service_accounts,
+        roles,
+        role_bindings,
+        network_policies,
+        ingresses,
+        pod_disruption_budgets: pdbs,
+    };
+    let ctx = Arc::new(Context::new(client.clone(), stores.clone(), config.build.clone(), fence, metrics, config.resync));
+    let controller_config = ControllerConfig::default().concurrency(config.concurrency);
+
+    let workspace_controller = Controller::for_shared_stream(ws_for_ws, workspaces.clone())
+        .owns_shared_stream(deploy_sub)
+        .owns_shared_stream(svc_sub)
+        .owns_shared_stream(sa_sub)
+        .owns_shared_stream(role_sub)
+        .owns_shared_stream(rb_sub)
+        .owns_shared_stream(np_sub)
+        .owns_shared_stream(ing_sub)
+        .owns_shared_stream(pdb_sub)
+        .watches_shared_stream(tb_for_ws, |binding: Arc<ToolBinding>| {
+            binding.namespace().map(|ns| ObjectRef::<Workspace>::new(&binding.spec.workspace_ref.name).within(&ns))
+        })
+        .with_config(controller_config.clone())
+        .run(workspace::reconcile, error_policy::<Workspace>, ctx.clone())
+        .for_each(log_result("workspace"));
+
+    let secret_triggers = secret_metadata_changes(client.clone());
+    let bindings_for_secret = bindings.clone();
+    let bindings_for_workspace = bindings.clone();
+    let binding_controller = Controller::for_shared_stream(tb_for_tb, bindings.clone())
+        .watches_shared_stream(ws_for_tb, move |ws: Arc<Workspace>| {
+            let ns = ws.namespace().unwrap_or_default();
+            let name = ws.name_any();
+            referencing(&bindings_for_workspace, move |b| {
+                b.namespace().as_deref() == Some(ns.as_str()) && b.spec.workspace_ref.name == name
+            })
+        })
+        .watches_stream(secret_triggers, move |secret: PartialObjectMeta<Secret>| {
+            let ns = secret.namespace().unwrap_or_default();
+            let name = secret.name_any();
+            referencing(&bindings_for_secret, move |b| {
+                b.namespace().as_deref() == Some(ns.as_str()) && b.spec.credentials_secret_ref.name == name
+            })
+        })
+        .with_config(controller_config)
+        .run(toolbinding::reconcile, error_policy::<ToolBinding>, ctx.clone())
+        .for_each(log_result("toolbinding"));
+
+    let mark_ready = async move {
+        let _ = futures::future::join(stores.workspaces.wait_until_ready(), stores.bindings.wait_until_ready()).await;
+        let _ = futures::future::join4(
+            stores.deployments.wait_until_ready(),
+            stores.services.wait_until_ready(),
+            stores.roles.wait_until_ready(),
+            stores.pod_disruption_budgets.wait_until_ready(),
+        )
+        .await;
+        tracing::info!("caches synced");
+        readiness.set(true);
+        std::future::pending::<()>().await;
+    };
+
+    tokio::select! {
+        _ = drives => {}
+        _ = workspace_controller => {}
+        _ = binding_controller => {}
+        _ = mark_ready => {}
+    }
+}
+
+/// Secret changes, metadata only: the operator never caches Secret contents.
+fn secret_metadata_changes(client: Client) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send {
+    watcher(Api::<PartialObjectMeta<Secret>>::all(client), watcher::Config::default())
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .touched_objects()
+}
+
+fn referencing(store: &Store<ToolBinding>, matches: impl Fn(&ToolBinding) -> bool) -> Vec<ObjectRef<ToolBinding>> {
+    store.state().iter().filter(|b| matches(b)).map(|b| ObjectRef::from_obj(b.as_ref())).collect()
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let controller = if K::kind(&()) == "Workspace" { workspace::CONTROLLER } else { toolbinding::CONTROLLER };
+    let key = object_key(object.as_ref());
+    let wait = ctx.record_failure(controller, &key, error);
+    if error.is_permanent() {
+        tracing::error!(%error, object = %key, category = error.category(), "reconcile failed; waiting for a change");
+        return Action::await_change();
+    }
+    tracing::warn!(%error, object = %key, category = error.category(), retry_in = ?wait, "reconcile failed; will retry");
+    Action::requeue(wait)
+}
+
+fn log_result<T: Debug, E: std::fmt::Display>(controller: &'static str) -> impl FnMut(Result<T, E>) -> std::future::Ready<()> {
+    move |result| {
+        if let Err(error) = result {
+            tracing::debug!(controller, %error, "controller event");
+        }
+        std::future::ready(())
+    }
+}

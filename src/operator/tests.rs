@@ -1,0 +1,374 @@
+//! The reconcilers against a scripted API server (tower-test): every request they send is
+//! recorded, so the tests can say exactly which writes happen, and that none happen when
+//! nothing changed or when this replica is not the leader.
+
+use super::children::{self, BuildConfig};
+use super::context::{Context, Stores};
+use super::error::Error;
+use super::{toolbinding, workspace};
+use crate::api::conditions::{self, CREDENTIALS_VALID, READY};
+use crate::api::{ToolBinding, Workspace};
+use crate::lease::Fence;
+use crate::metrics::Metrics;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::client::Body;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+struct Recorded {
+    method: Method,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+type Responder = Box<dyn Fn(&Method, &str, &Value) -> (StatusCode, Value) + Send + Sync>;
+
+/// Answers like a well-behaved API server: applies echo the object back, creates succeed.
+fn default_responder() -> Responder {
+    Box::new(|method, path, body| {
+        if *method == Method::GET {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            return (StatusCode::NOT_FOUND, not_found(name));
+        }
+        if *method == Method::POST {
+            return (StatusCode::CREATED, body.clone());
+        }
+        (StatusCode::OK, echo(path, body))
+    })
+}
+
+/// What the API server returns for an apply: the object, with its identity filled in. A
+/// status apply carries only the status, so the spec comes from the fixtures.
+fn echo(path: &str, body: &Value) -> Value {
+    let mut object = body.clone();
+    let segments: Vec<&str> = path.trim_end_matches("/status").split('/').collect();
+    let (namespace, name) = (segments[segments.len() - 3], segments[segments.len() - 1]);
+    if object.get("metadata").is_none() {
+        object["metadata"] = json!({"name": name, "namespace": namespace});
+    }
+    if object.get("spec").is_none() {
+        if path.contains("/workspaces/") {
+            object["spec"] = serde_json::to_value(workspace_fixture().spec).unwrap();
+        } else if path.contains("/toolbindings/") {
+            object["spec"] = serde_json::to_value(binding_fixture().spec).unwrap();
+        }
+    }
+    object
+}
+
+fn not_found(name: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+           "message": format!("\"{name}\" not found")})
+}
+
+struct FakeApi {
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    responder: Arc<Mutex<Responder>>,
+}
+
+impl FakeApi {
+    fn start() -> (Client, FakeApi) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let responder = Arc::new(Mutex::new(default_responder()));
+        let (req_log, resp) = (requests.clone(), responder.clone());
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect().await.unwrap().to_bytes();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let path = parts.uri.path().to_string();
+                let (status, answer) = (resp.lock().unwrap())(&parts.method, &path, &body);
+                req_log.lock().unwrap().push(Recorded {
+                    method: parts.method.clone(),
+                    path,
+                    query: parts.uri.query().unwrap_or_default().to_string(),
+                    body,
+                });
+                let response = Response::builder().status(status).body(Body::from(serde_json::to_vec(&answer).unwrap())).unwrap();
+                send.send_response(response);
+            }
+        });
+        (Client::new(service, "default"), FakeApi { requests, responder })
+    }
+
+    fn respond_with(&self, responder: Responder) {
+        *self.responder.lock().unwrap() = responder;
+    }
+
+    fn take(&self) -> Vec<Recorded> {
+        std::mem::take(&mut *self.requests.lock().unwrap())
+    }
+}
+
+fn writes(requests: &[Recorded]) -> Vec<&Recorded> {
+    requests.iter().filter(|r| r.method != Method::GET).collect()
+}
+
+/// Writers for every cache, so a test can say what the watches have seen.
+struct Caches {
+    workspaces: Writer<Workspace>,
+    deployments: Writer<Deployment>,
+    services: Writer<k8s_openapi::api::core::v1::Service>,
+    service_accounts: Writer<k8s_openapi::api::core::v1::ServiceAccount>,
+    roles: Writer<k8s_openapi::api::rbac::v1::Role>,
+    role_bindings: Writer<k8s_openapi::api::rbac::v1::RoleBinding>,
+    network_policies: Writer<k8s_openapi::api::networking::v1::NetworkPolicy>,
+}
+
+fn context(client: Client, fence: Fence) -> (Arc<Context>, Caches) {
+    let (workspaces, ws_w) = reflector::store();
+    let (bindings, _tb_w) = reflector::store();
+    let (deployments, d_w) = reflector::store();
+    let (services, s_w) = reflector::store();
+    let (service_accounts, sa_w) = reflector::store();
+    let (roles, r_w) = reflector::store();
+    let (role_bindings, rb_w) = reflector::store();
+    let (network_policies, np_w) = reflector::store();
+    let (ingresses, _ing_w) = reflector::store();
+    let (pod_disruption_budgets, _pdb_w) = reflector::store();
+    let stores = Stores {
+        workspaces,
+        bindings,
+        deployments,
+        services,
+        service_accounts,
+        roles,
+        role_bindings,
+        network_policies,
+        ingresses,
+        pod_disruption_budgets,
+    };
+    let build = BuildConfig { portal_image: "ghcr.io/hyperpage-dev/hyperpage:0.1.0".into() };
+    let ctx = Arc::new(Context::new(client, stores, build, fence, Metrics::new(), Duration::from_secs(600)));
+    let caches = Caches {
+        workspaces: ws_w,
+        deployments: d_w,
+        services: s_w,
+        service_accounts: sa_w,
+        roles: r_w,
+        role_bindings: rb_w,
+        network_policies: np_w,
+    };
+    (ctx, caches)
+}
+
+fn seen<K: Resource + Clone>(writer: &mut Writer<K>, object: K)
+where
+    K::DynamicType: Clone + Eq + std::hash::Hash,
+{
+    writer.apply_watcher_event(&watcher::Event::Apply(object));
+}
+
+fn workspace_fixture() -> Workspace {
+    serde_norway::from_str(include_str!("../../tests/fixtures/workspace-basic.yaml")).unwrap()
+}
+
+fn binding_fixture() -> ToolBinding {
+    serde_norway::from_str(include_str!("../../tests/fixtures/toolbinding-github.yaml")).unwrap()
+}
+
+/// The children as the API server would return them after an apply: what we sent plus
+/// server-side defaults.
+fn converge_children(ws: &Workspace, ctx: &Context, caches: &mut Caches, available: i32) {
+    let c = children::build(ws, &ctx.build);
+    seen(&mut caches.service_accounts, c.service_account);
+    seen(&mut caches.roles, c.role);
+    seen(&mut caches.role_bindings, c.role_binding);
+    let mut deployment = c.deployment;
+    deployment.metadata.generation = Some(1);
+    deployment.metadata.resource_version = Some("42".into());
+    deployment.status = Some(
+        serde_json::from_value(json!({
+            "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+            "readyReplicas": available, "availableReplicas": available
+        }))
+        .unwrap(),
+    );
+    seen(&mut caches.deployments, deployment);
+    let mut service = c.service;
+    service.spec.as_mut().unwrap().cluster_ip = Some("10.96.12.34".into());
+    seen(&mut caches.services, service);
+    seen(&mut caches.network_policies, c.network_policy);
+}
+
+fn condition_in(body: &Value, type_: &str) -> (String, String) {
+    let c = body["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap();
+    (c["status"].as_str().unwrap().to_string(), c["reason"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn first_reconcile_applies_every_child_and_reports_progress() {
+    let (client, api) = FakeApi::start();
+    let (ctx, _caches) = context(client, Fence::always_open());
+    let ws = Arc::new(workspace_fixture());
+
+    workspace::reconcile(ws, ctx).await.unwrap();
+
+    let requests = api.take();
+    let applied: Vec<_> =
+        requests.iter().filter(|r| r.method == Method::PATCH && !r.path.ends_with("/status")).map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        applied,
+        [
+            "/api/v1/namespaces/team-payments/serviceaccounts/payments-portal",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/team-payments/roles/payments-portal",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/team-payments/rolebindings/payments-portal",
+            "/apis/apps/v1/namespaces/team-payments/deployments/payments-portal",
+            "/api/v1/namespaces/team-payments/services/payments-portal",
+            "/apis/networking.k8s.io/v1/namespaces/team-payments/networkpolicies/payments-portal",
+        ]
+    );
+    for r in requests.iter().filter(|r| r.method == Method::PATCH) {
+        assert!(r.query.contains("fieldManager=hyperpage-operator") && r.query.contains("force=true"), "server-side apply: {}", r.query);
+    }
+    let status = requests.iter().find(|r| r.path.ends_with("/workspaces/payments/status")).expect("status written");
+    assert_eq!(condition_in(&status.body, READY), ("False".into(), "RollingOut".into()));
+    assert_eq!(status.body["status"]["observedGeneration"], 1);
+}
+
+#[tokio::test]
+async fn a_converged_workspace_costs_zero_writes_on_resync() {
+    let (client, api) = FakeApi::start();
+    let (ctx, mut caches) = context(client, Fence::always_open());
+    let mut ws = workspace_fixture();
+    converge_children(&ws, &ctx, &mut caches, 1);
+    let observed = workspace::observe(&ws, &ctx);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    ws.status = Some(workspace::compute_status(&ws, observed.deployment.as_deref(), &observed.bindings, &now));
+    seen(&mut caches.workspaces, ws.clone());
+
+    for _ in 0..3 {
+        workspace::reconcile(Arc::new(ws.clone()), ctx.clone()).await.unwrap();
+    }
+
+    assert!(writes(&api.take()).is_empty(), "a converged workspace must not be written to");
+}
+
+#[tokio::test]
+async fn drift_in_a_child_is_repaired_with_one_apply() {
+    let (client, api) = FakeApi::start();
+    let (ctx, mut caches) = context(client, Fence::always_open());
+    let mut ws = workspace_fixture();
+    converge_children(&ws, &ctx, &mut caches, 1);
+    let observed = workspace::observe(&ws, &ctx);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    ws.status = Some(workspace::compute_status(&ws, observed.deployment.as_deref(), &observed.bindings, &now));
+    // Someone edits the Service by hand.
+    let mut service = children::build(&ws, &ctx.build).service;
+    service.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+    seen(&mut caches.services, service);
+
+    workspace::reconcile(Arc::new(ws), ctx).await.unwrap();
+
+    let w = api.take();
+    let paths: Vec<_> = writes(&w).iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/api/v1/namespaces/team-payments/services/payments-portal"]);
+}
+
+#[tokio::test]
+async fn an_available_deployment_makes_the_workspace_ready() {
+    let (client, api) = FakeApi::start();
+    let (ctx, mut caches) = context(client, Fence::always_open());
+    let mut ws = workspace_fixture();
+    converge_children(&ws, &ctx, &mut caches, 0);
+    // First pass: pods not ready yet.
+    let observed = workspace::observe(&ws, &ctx);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    ws.status = Some(workspace::compute_status(&ws, observed.deployment.as_deref(), &observed.bindings, &now));
+    assert!(!conditions::is_true(&ws.status.as_ref().unwrap().conditions, READY));
+
+    // kubelet (kwok) marks the pod ready; the Deployment reports it.
+    converge_children(&ws, &ctx, &mut caches, 1);
+    workspace::reconcile(Arc::new(ws), ctx).await.unwrap();
+
+    let requests = api.take();
+    let w = writes(&requests);
+    let status = w.iter().find(|r| r.path.ends_with("/status")).expect("status written");
+    assert_eq!(condition_in(&status.body, READY), ("True".into(), "PortalAvailable".into()));
+    assert_eq!(status.body["status"]["portal"]["readyReplicas"], 1);
+    let event = w.iter().find(|r| r.path.contains("/events")).expect("an event on the transition");
+    assert_eq!(event.body["reason"], "PortalAvailable");
+    assert_eq!(event.body["type"], "Normal");
+    assert_eq!(w.len(), 2, "only the status and the event: {:?}", w.iter().map(|r| &r.path).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_missing_secret_then_its_arrival_flip_credentials_valid() {
+    let (client, api) = FakeApi::start();
+    let (ctx, mut caches) = context(client, Fence::always_open());
+    seen(&mut caches.workspaces, workspace_fixture());
+    let mut binding = binding_fixture();
+
+    toolbinding::reconcile(Arc::new(binding.clone()), ctx.clone()).await.unwrap();
+
+    let requests = api.take();
+    assert_eq!(requests[0].method, Method::GET);
+    assert_eq!(requests[0].path, "/api/v1/namespaces/team-payments/secrets/github-token");
+    let status = requests.iter().find(|r| r.path.ends_with("/toolbindings/github/status")).expect("status written");
+    assert_eq!(condition_in(&status.body, CREDENTIALS_VALID), ("False".into(), "SecretNotFound".into()));
+    assert_eq!(condition_in(&status.body, READY), ("False".into(), "SecretNotFound".into()));
+    let event = requests.iter().find(|r| r.path.contains("/events")).expect("a warning event");
+    assert_eq!((event.body["type"].as_str(), event.body["reason"].as_str()), (Some("Warning"), Some("SecretNotFound")));
+    binding.status = Some(serde_json::from_value(status.body["status"].clone()).unwrap());
+
+    // The Secret is created.
+    api.respond_with(Box::new(|method, path, body| {
+        if *method == Method::GET && path.ends_with("/secrets/github-token") {
+            return (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "github-token", "namespace": "team-payments"},
+                "data": {"token": "Z2hwX3NlY3JldHRva2Vu"}}),
+            );
+        }
+        if *method == Method::POST {
+            return (StatusCode::CREATED, body.clone());
+        }
+        (StatusCode::OK, echo(path, body))
+    }));
+    toolbinding::reconcile(Arc::new(binding.clone()), ctx.clone()).await.unwrap();
+
+    let requests = api.take();
+    let status = requests.iter().find(|r| r.path.ends_with("/status")).expect("status written");
+    assert_eq!(condition_in(&status.body, CREDENTIALS_VALID), ("True".into(), "SecretFound".into()));
+    assert_eq!(condition_in(&status.body, READY), ("True".into(), "Configured".into()));
+    let event = requests.iter().find(|r| r.path.contains("/events")).expect("a normal event");
+    assert_eq!(event.body["reason"], "SecretFound");
+    for r in &requests {
+        assert!(
+            !r.body.to_string().contains("ghp_secrettoken") && !r.body.to_string().contains("Z2hwX3NlY3JldHRva2Vu"),
+            "the token leaked into {}",
+            r.path
+        );
+    }
+
+    // Nothing changes on the next resync.
+    binding.status = Some(serde_json::from_value(status.body["status"].clone()).unwrap());
+    toolbinding::reconcile(Arc::new(binding), ctx).await.unwrap();
+    assert!(writes(&api.take()).is_empty());
+}
+
+#[tokio::test]
+async fn a_replica_that_lost_leadership_makes_no_writes() {
+    let (client, api) = FakeApi::start();
+    let fence = Fence::always_open();
+    let (ctx, mut caches) = context(client, fence.clone());
+    seen(&mut caches.workspaces, workspace_fixture());
+    fence.close();
+
+    let result = workspace::reconcile(Arc::new(workspace_fixture()), ctx.clone()).await;
+    assert!(matches!(result, Err(Error::NotLeader)), "{result:?}");
+    let result = toolbinding::reconcile(Arc::new(binding_fixture()), ctx).await;
+    assert!(matches!(result, Err(Error::NotLeader)), "{result:?}");
+
+    assert!(writes(&api.take()).is_empty(), "no writes after losing the lease");
+}

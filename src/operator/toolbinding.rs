@@ -1,0 +1,195 @@
+//! ToolBinding reconcile: is everything the binding points at really there?
+//!
+//! dereference (workspace from the cache, Secret by a targeted GET) → validate (pure) →
+//! status, with an Event on every transition. The Secret's value is only checked for
+//! presence here; it never leaves this function, and no message mentions it.
+
+use super::context::{Context, object_key};
+use super::error::Error;
+use crate::api::conditions::{self, CREDENTIALS_VALID, DesiredCondition, READY};
+use crate::api::{ToolBinding, ToolBindingStatus, Workspace, duration};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use std::sync::Arc;
+
+pub const CONTROLLER: &str = "toolbinding";
+
+/// What was found at the end of `spec.credentialsSecretRef`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretState {
+    Missing,
+    KeyMissing,
+    KeyEmpty,
+    Present,
+}
+
+/// Only the shape of the Secret matters here: is the key there and non-empty.
+pub fn secret_state(secret: Option<&Secret>, key: &str) -> SecretState {
+    let Some(secret) = secret else { return SecretState::Missing };
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key).map(|v| v.0.len()))
+        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key).map(String::len)));
+    match value {
+        None => SecretState::KeyMissing,
+        Some(0) => SecretState::KeyEmpty,
+        Some(_) => SecretState::Present,
+    }
+}
+
+/// Validate (pure): the conditions this binding should carry.
+pub fn validate(binding: &ToolBinding, workspace_found: bool, secret: SecretState) -> Vec<DesiredCondition> {
+    let secret_ref = &binding.spec.credentials_secret_ref;
+    let credentials = match secret {
+        SecretState::Missing => DesiredCondition::new(
+            CREDENTIALS_VALID,
+            false,
+            "SecretNotFound",
+            format!("Secret {:?} not found in this namespace; create it with the token under key {:?}", secret_ref.name, secret_ref.key),
+        ),
+        SecretState::KeyMissing => DesiredCondition::new(
+            CREDENTIALS_VALID,
+            false,
+            "KeyNotFound",
+            format!("Secret {:?} has no key {:?}", secret_ref.name, secret_ref.key),
+        ),
+        SecretState::KeyEmpty => DesiredCondition::new(
+            CREDENTIALS_VALID,
+            false,
+            "KeyEmpty",
+            format!("key {:?} of Secret {:?} is empty", secret_ref.key, secret_ref.name),
+        ),
+        SecretState::Present => DesiredCondition::new(
+            CREDENTIALS_VALID,
+            true,
+            "SecretFound",
+            format!("token found in Secret {:?} key {:?}", secret_ref.name, secret_ref.key),
+        ),
+    };
+    let interval_error =
+        binding.spec.refresh_interval.as_deref().and_then(|i| duration::parse(i).err()).map(|e| format!("spec.refreshInterval: {e}"));
+    let ready = if !workspace_found {
+        DesiredCondition::new(
+            READY,
+            false,
+            "WorkspaceNotFound",
+            format!("Workspace {:?} not found in this namespace", binding.spec.workspace_ref.name),
+        )
+    } else if let Some(message) = interval_error {
+        DesiredCondition::new(READY, false, "InvalidSpec", message)
+    } else if !credentials.status {
+        DesiredCondition::new(READY, false, credentials.reason, credentials.message.clone())
+    } else {
+        DesiredCondition::new(READY, true, "Configured", "workspace and credentials found")
+    };
+    vec![ready, credentials]
+}
+
+pub async fn reconcile(binding: Arc<ToolBinding>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&binding, &ctx).await;
+    ctx.observe_reconcile(CONTROLLER, started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.reset_failures(&object_key(binding.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_inner(binding: &ToolBinding, ctx: &Context) -> Result<Action, Error> {
+    let namespace = binding.namespace().ok_or_else(|| Error::MissingNamespace(binding.name_any()))?;
+    if binding.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let workspace_found =
+        ctx.stores.workspaces.get(&ObjectRef::<Workspace>::new(&binding.spec.workspace_ref.name).within(&namespace)).is_some();
+    let secret_name = &binding.spec.credentials_secret_ref.name;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret = secrets.get_opt(secret_name).await.map_err(|source| Error::ReadSecret { name: secret_name.clone(), source })?;
+    let state = secret_state(secret.as_ref(), &binding.spec.credentials_secret_ref.key);
+    drop(secret);
+
+    let desired = validate(binding, workspace_found, state);
+    let now = Time(jiff::Timestamp::now());
+    let previous = binding.status.clone().unwrap_or_default();
+    let status = ToolBindingStatus {
+        observed_generation: binding.metadata.generation,
+        conditions: conditions::merge(&previous.conditions, &desired, binding.metadata.generation, &now),
+        ..previous.clone()
+    };
+    if status != previous {
+        ctx.apply_status(CONTROLLER, binding, &status).await?;
+        publish_transitions(binding, ctx, &previous, &status).await;
+    }
+    Ok(Action::requeue(ctx.resync))
+}
+
+/// One Event per condition whose status or reason changed.
+async fn publish_transitions(binding: &ToolBinding, ctx: &Context, previous: &ToolBindingStatus, status: &ToolBindingStatus) {
+    let reference = binding.object_ref(&());
+    for type_ in [CREDENTIALS_VALID, READY] {
+        let Some(now) = conditions::find(&status.conditions, type_) else { continue };
+        let before = conditions::find(&previous.conditions, type_);
+        if before.map(|c| (&c.status, &c.reason)) == Some((&now.status, &now.reason)) {
+            continue;
+        }
+        // The Ready event would only repeat the credentials one.
+        if type_ == READY && conditions::find(&status.conditions, CREDENTIALS_VALID).is_some_and(|c| c.reason == now.reason) {
+            continue;
+        }
+        let warning = now.status != "True";
+        ctx.publish_event(CONTROLLER, &reference, warning, &now.reason, now.message.clone(), "Validate").await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+
+    fn binding() -> ToolBinding {
+        serde_norway::from_str(include_str!("../../tests/fixtures/toolbinding-github.yaml")).unwrap()
+    }
+
+    fn secret(key: &str, value: &str) -> Secret {
+        Secret { data: Some(BTreeMap::from([(key.to_string(), ByteString(value.as_bytes().to_vec()))])), ..Default::default() }
+    }
+
+    #[test]
+    fn secret_state_checks_presence_and_emptiness() {
+        assert_eq!(secret_state(None, "token"), SecretState::Missing);
+        assert_eq!(secret_state(Some(&secret("other", "x")), "token"), SecretState::KeyMissing);
+        assert_eq!(secret_state(Some(&secret("token", "")), "token"), SecretState::KeyEmpty);
+        assert_eq!(secret_state(Some(&secret("token", "ghp_x")), "token"), SecretState::Present);
+    }
+
+    #[test]
+    fn conditions_name_the_first_problem() {
+        let b = binding();
+        let c = validate(&b, true, SecretState::Missing);
+        assert_eq!((c[0].type_, c[0].status, c[0].reason), (READY, false, "SecretNotFound"));
+        assert_eq!((c[1].type_, c[1].status, c[1].reason), (CREDENTIALS_VALID, false, "SecretNotFound"));
+        let c = validate(&b, false, SecretState::Present);
+        assert_eq!((c[0].status, c[0].reason), (false, "WorkspaceNotFound"));
+        assert_eq!((c[1].status, c[1].reason), (true, "SecretFound"));
+        let c = validate(&b, true, SecretState::KeyMissing);
+        assert_eq!(c[1].reason, "KeyNotFound");
+        let c = validate(&b, true, SecretState::Present);
+        assert!(c.iter().all(|c| c.status));
+    }
+
+    #[test]
+    fn messages_never_contain_the_token() {
+        let b = binding();
+        for state in [SecretState::Missing, SecretState::KeyMissing, SecretState::KeyEmpty, SecretState::Present] {
+            for c in validate(&b, true, state) {
+                assert!(!c.message.contains("ghp_"), "{}", c.message);
+            }
+        }
+    }
+}

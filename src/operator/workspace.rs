@@ -1,0 +1,349 @@
+//! Workspace reconcile: dereference → validate → build → apply → status.
+
+use super::children::{self, Children, effective_replicas, portal_url};
+use super::context::{Context, object_key};
+use super::error::Error;
+use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
+use crate::api::duration;
+use crate::api::workspace::{PortalStatus, ToolCounts, WorkspaceStatus, WorkspaceSummary};
+use crate::api::{ToolBinding, Workspace};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use std::sync::Arc;
+
+pub const CONTROLLER: &str = "workspace";
+
+/// What the reconcile reads before deciding anything.
+pub struct Observed {
+    pub deployment: Option<Arc<Deployment>>,
+    pub bindings: Vec<Arc<ToolBinding>>,
+}
+
+/// Dereference: everything comes from the watch caches, so this costs no API calls.
+pub fn observe(ws: &Workspace, ctx: &Context) -> Observed {
+    let namespace = ws.namespace().unwrap_or_default();
+    let name = ws.name_any();
+    let deployment = ctx.stores.deployments.get(&ObjectRef::new(&children::child_name(&name)).within(&namespace));
+    let bindings = bindings_of(&ctx.stores.bindings.state(), &namespace, &name);
+    Observed { deployment, bindings }
+}
+
+/// The ToolBindings that reference a Workspace, sorted by name for stable output.
+pub fn bindings_of(all: &[Arc<ToolBinding>], namespace: &str, workspace: &str) -> Vec<Arc<ToolBinding>> {
+    let mut bindings: Vec<_> =
+        all.iter().filter(|b| b.namespace().as_deref() == Some(namespace) && b.spec.workspace_ref.name == workspace).cloned().collect();
+    bindings.sort_by_key(|b| b.name_any());
+    bindings
+}
+
+/// Validate: what the schema cannot guarantee (objects stored before a schema change).
+pub fn validate(ws: &Workspace) -> Result<(), String> {
+    if let Some(interval) = &ws.spec.refresh_interval {
+        duration::parse(interval).map_err(|e| format!("spec.refreshInterval: {e}"))?;
+    }
+    if ws.name_any().len() > 50 {
+        return Err("metadata.name is longer than 50 characters; the portal's Service name would not fit".into());
+    }
+    Ok(())
+}
+
+pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(&ws, &ctx).await;
+    ctx.observe_reconcile(CONTROLLER, started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.reset_failures(&object_key(ws.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_inner(ws: &Workspace, ctx: &Context) -> Result<Action, Error> {
+    let namespace = ws.namespace().ok_or_else(|| Error::MissingNamespace(ws.name_any()))?;
+    if ws.meta().deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the children.
+        return Ok(Action::await_change());
+    }
+    let observed = observe(ws, ctx);
+    let now = Time(jiff::Timestamp::now());
+    if let Err(message) = validate(ws) {
+        let status = invalid_status(ws, &message, &now);
+        write_status(ws, ctx, status).await?;
+        return Ok(Action::await_change());
+    }
+    let desired = children::build(ws, &ctx.build);
+    apply_children(ctx, &namespace, &desired).await?;
+    let status = compute_status(ws, observed.deployment.as_deref(), &observed.bindings, &now);
+    write_status(ws, ctx, status).await?;
+    Ok(Action::requeue(ctx.resync))
+}
+
+async fn apply_children(ctx: &Context, namespace: &str, desired: &Children) -> Result<(), Error> {
+    let s = &ctx.stores;
+    // RBAC first, so the portal's pods can read as soon as they start.
+    ctx.apply_if_changed(CONTROLLER, &s.service_accounts, &desired.service_account).await?;
+    ctx.apply_if_changed(CONTROLLER, &s.roles, &desired.role).await?;
+    ctx.apply_if_changed(CONTROLLER, &s.role_bindings, &desired.role_binding).await?;
+    ctx.apply_if_changed(CONTROLLER, &s.deployments, &desired.deployment).await?;
+    ctx.apply_if_changed(CONTROLLER, &s.services, &desired.service).await?;
+    ctx.apply_if_changed(CONTROLLER, &s.network_policies, &desired.network_policy).await?;
+    let name = desired.deployment.name_any();
+    match &desired.ingress {
+        Some(ingress) => ctx.apply_if_changed(CONTROLLER, &s.ingresses, ingress).await?,
+        None => ctx.delete_if_present(CONTROLLER, &s.ingresses, namespace, &name).await?,
+    };
+    match &desired.pod_disruption_budget {
+        Some(pdb) => ctx.apply_if_changed(CONTROLLER, &s.pod_disruption_budgets, pdb).await?,
+        None => ctx.delete_if_present(CONTROLLER, &s.pod_disruption_budgets, namespace, &name).await?,
+    };
+    Ok(())
+}
+
+/// Writes the status only when it differs from what is stored, and reports a change of
+/// `Ready` as an Event.
+async fn write_status(ws: &Workspace, ctx: &Context, status: WorkspaceStatus) -> Result<(), Error> {
+    let previous = ws.status.clone().unwrap_or_default();
+    if previous == status {
+        return Ok(());
+    }
+    ctx.apply_status(CONTROLLER, ws, &status).await?;
+    let was = conditions::find(&previous.conditions, READY);
+    if let Some(now) = conditions::find(&status.conditions, READY)
+        && was.map(|c| (&c.status, &c.reason)) != Some((&now.status, &now.reason))
+    {
+        let warning = now.status != "True" && now.reason != "RollingOut";
+        ctx.publish_event(CONTROLLER, &ws.object_ref(&()), warning, &now.reason, now.message.clone(), "Reconcile").await;
+    }
+    Ok(())
+}
+
+fn invalid_status(ws: &Workspace, message: &str, now: &Time) -> WorkspaceStatus {
+    let previous = ws.status.clone().unwrap_or_default();
+    let desired = [
+        DesiredCondition::new(READY, false, "InvalidSpec", message),
+        DesiredCondition::new(PROGRESSING, false, "InvalidSpec", "waiting for the spec to be fixed"),
+        DesiredCondition::new(DEGRADED, true, "InvalidSpec", message),
+    ];
+    WorkspaceStatus {
+        observed_generation: ws.metadata.generation,
+        conditions: conditions::merge(&previous.conditions, &desired, ws.metadata.generation, now),
+        ..previous
+    }
+}
+
+/// The Deployment's own condition of `type_`, if it reports one.
+fn deployment_condition<'a>(deployment: &'a Deployment, type_: &str) -> Option<&'a k8s_openapi::api::apps::v1::DeploymentCondition> {
+    deployment.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+}
+
+/// Status (pure): from the Workspace, its Deployment and its bindings at time `now`.
+pub fn compute_status(ws: &Workspace, deployment: Option<&Deployment>, bindings: &[Arc<ToolBinding>], now: &Time) -> WorkspaceStatus {
+    let previous = ws.status.clone().unwrap_or_default();
+    let generation = ws.metadata.generation;
+    let desired_replicas = effective_replicas(ws);
+    let dep_status = deployment.and_then(|d| d.status.clone()).unwrap_or_default();
+    let ready_replicas = dep_status.ready_replicas.unwrap_or(0);
+    let available = dep_status.available_replicas.unwrap_or(0);
+    let updated = dep_status.updated_replicas.unwrap_or(0);
+    let total_pods = dep_status.replicas.unwrap_or(0);
+    let dep_observed_current = deployment.is_some_and(|d| {
+        dep_status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+            && d.spec.as_ref().and_then(|s| s.replicas) == Some(desired_replicas)
+    });
+    let pods = format!("{available}/{desired_replicas} portal pods available");
+
+    let deadline_exceeded = deployment
+        .and_then(|d| deployment_condition(d, "Progressing"))
+        .is_some_and(|c| c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+    let replica_failure = deployment
+        .and_then(|d| deployment_condition(d, "ReplicaFailure"))
+        .filter(|c| c.status == "True")
+        .map(|c| c.message.clone().unwrap_or_else(|| "the Deployment cannot create pods".into()));
+
+    let ready = if ws.spec.suspend {
+        DesiredCondition::new(READY, false, "Suspended", "spec.suspend is true: polling is stopped and the portal is scaled to 0")
+    } else if desired_replicas == 0 {
+        DesiredCondition::new(READY, false, "ScaledToZero", "spec.portal.replicas is 0: the portal is not running")
+    } else if deployment.is_none() {
+        DesiredCondition::new(READY, false, "RollingOut", "creating the portal Deployment")
+    } else if available >= desired_replicas {
+        DesiredCondition::new(READY, true, "PortalAvailable", format!("{pods} at {}", portal_url(ws)))
+    } else {
+        DesiredCondition::new(READY, false, "RollingOut", pods.clone())
+    };
+
+    let rolling = deployment.is_none()
+        || !dep_observed_current
+        || updated < desired_replicas
+        || total_pods > desired_replicas
+        || available < desired_replicas;
+    let progressing = if deadline_exceeded {
+        DesiredCondition::new(PROGRESSING, false, "ProgressDeadlineExceeded", "the portal Deployment did not finish rolling out in time")
+    } else if rolling {
+        DesiredCondition::new(
+            PROGRESSING,
+            true,
+            "RollingOut",
+            format!("{updated}/{desired_replicas} portal pods updated, {available} available"),
+        )
+    } else {
+        DesiredCondition::new(PROGRESSING, false, "RolloutComplete", pods.clone())
+    };
+
+    let failing: Vec<&ToolBinding> = bindings
+        .iter()
+        .map(|b| b.as_ref())
+        .filter(|b| b.status.as_ref().and_then(|s| conditions::find(&s.conditions, READY)).is_some_and(|c| c.status == "False"))
+        .collect();
+    let ready_count = bindings.iter().filter(|b| b.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, READY))).count();
+    let degraded = if deadline_exceeded {
+        DesiredCondition::new(DEGRADED, true, "ProgressDeadlineExceeded", "the portal Deployment did not finish rolling out in time")
+    } else if let Some(message) = replica_failure {
+        DesiredCondition::new(DEGRADED, true, "ReplicaFailure", message)
+    } else if !failing.is_empty() {
+        let names: Vec<String> = failing
+            .iter()
+            .map(|b| {
+                let reason =
+                    b.status.as_ref().and_then(|s| conditions::find(&s.conditions, READY)).map(|c| c.reason.clone()).unwrap_or_default();
+                format!("{} ({reason})", b.name_any())
+            })
+            .collect();
+        DesiredCondition::new(
+            DEGRADED,
+            true,
+            "ToolsFailing",
+            format!("{} of {} tool bindings not ready: {}", failing.len(), bindings.len(), names.join(", ")),
+        )
+    } else {
+        DesiredCondition::new(DEGRADED, false, "AsExpected", "the portal and all tool bindings are healthy")
+    };
+
+    let conditions = conditions::merge(&previous.conditions, &[ready, progressing, degraded], generation, now);
+    WorkspaceStatus {
+        observed_generation: generation,
+        conditions,
+        portal: Some(PortalStatus { url: portal_url(ws), replicas: desired_replicas, ready_replicas }),
+        tools: Some(ToolCounts { total: count(bindings.len()), ready: count(ready_count), failing: count(failing.len()) }),
+        summary: summarize(bindings),
+    }
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Roll-up of the bindings' summaries; absent until at least one binding has synced.
+pub fn summarize(bindings: &[Arc<ToolBinding>]) -> Option<WorkspaceSummary> {
+    let statuses: Vec<_> = bindings.iter().filter_map(|b| b.status.as_ref()).filter(|s| s.summary.is_some()).collect();
+    if statuses.is_empty() {
+        return None;
+    }
+    let mut summary = WorkspaceSummary::default();
+    for status in statuses {
+        let s = status.summary.as_ref().expect("filtered above");
+        summary.open_pull_requests += s.code_reviews;
+        summary.failing_pipelines += s.failing_pipelines;
+        summary.open_issues += s.tickets;
+        if let Some(t) = &status.last_successful_sync_time
+            && summary.last_sync_time.as_ref().is_none_or(|seen| seen.0 < t.0)
+        {
+            summary.last_sync_time = Some(t.clone());
+        }
+    }
+    Some(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ws(yaml: &str) -> Workspace {
+        serde_norway::from_str(yaml).unwrap()
+    }
+    fn deployment(yaml: &str) -> Deployment {
+        serde_norway::from_str(yaml).unwrap()
+    }
+    fn bindings() -> Vec<Arc<ToolBinding>> {
+        let all: Vec<ToolBinding> = serde_norway::from_str(include_str!("../../tests/fixtures/toolbindings-mixed.yaml")).unwrap();
+        let all: Vec<_> = all.into_iter().map(Arc::new).collect();
+        bindings_of(&all, "team-payments", "payments")
+    }
+    fn now() -> Time {
+        Time("2026-11-02T00:00:00Z".parse().unwrap())
+    }
+    fn condition<'a>(status: &'a WorkspaceStatus, type_: &str) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        conditions::find(&status.conditions, type_).unwrap()
+    }
+
+    const BASIC: &str = include_str!("../../tests/fixtures/workspace-basic.yaml");
+    const AVAILABLE: &str = include_str!("../../tests/fixtures/deployment-available.yaml");
+    const STUCK: &str = include_str!("../../tests/fixtures/deployment-deadline-exceeded.yaml");
+
+    #[test]
+    fn ready_follows_the_deployments_availability() {
+        let ws = ws(BASIC);
+        let before = compute_status(&ws, None, &[], &now());
+        assert_eq!(condition(&before, READY).status, "False");
+        assert_eq!(condition(&before, PROGRESSING).status, "True");
+
+        let after = compute_status(&ws, Some(&deployment(AVAILABLE)), &[], &now());
+        let ready = condition(&after, READY);
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "PortalAvailable"));
+        assert_eq!(ready.observed_generation, Some(1));
+        assert_eq!(condition(&after, PROGRESSING).reason, "RolloutComplete");
+        assert_eq!(after.observed_generation, Some(1));
+        assert_eq!(after.portal.as_ref().unwrap().ready_replicas, 1);
+        assert_eq!(after.portal.as_ref().unwrap().url, "http://payments-portal.team-payments.svc/");
+    }
+
+    #[test]
+    fn a_stuck_rollout_is_degraded() {
+        let mut stuck_ws = ws(BASIC);
+        stuck_ws.metadata.generation = Some(2);
+        let status = compute_status(&stuck_ws, Some(&deployment(STUCK)), &[], &now());
+        assert_eq!(condition(&status, READY).status, "False");
+        let degraded = condition(&status, DEGRADED);
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "ProgressDeadlineExceeded"));
+        assert_eq!(condition(&status, PROGRESSING).status, "False");
+    }
+
+    #[test]
+    fn bindings_roll_up_into_counts_and_summary() {
+        let status = compute_status(&ws(BASIC), Some(&deployment(AVAILABLE)), &bindings(), &now());
+        let tools = status.tools.as_ref().unwrap();
+        assert_eq!((tools.total, tools.ready, tools.failing), (3, 2, 1), "the other workspace's binding is not counted");
+        let summary = status.summary.as_ref().unwrap();
+        assert_eq!((summary.open_pull_requests, summary.failing_pipelines, summary.open_issues), (6, 3, 8));
+        assert_eq!(summary.last_sync_time, Some(Time("2026-11-01T10:07:00Z".parse().unwrap())));
+        let degraded = condition(&status, DEGRADED);
+        assert_eq!(degraded.reason, "ToolsFailing");
+        assert!(degraded.message.contains("jira (SecretNotFound)"), "{}", degraded.message);
+    }
+
+    #[test]
+    fn a_recomputed_status_is_identical_so_no_write_is_needed() {
+        let mut ws = ws(BASIC);
+        let first = compute_status(&ws, Some(&deployment(AVAILABLE)), &bindings(), &now());
+        ws.status = Some(first.clone());
+        let later = Time("2026-11-03T00:00:00Z".parse().unwrap());
+        assert_eq!(compute_status(&ws, Some(&deployment(AVAILABLE)), &bindings(), &later), first);
+    }
+
+    #[test]
+    fn suspended_and_zero_replicas_say_so() {
+        let suspended = compute_status(&ws(include_str!("../../tests/fixtures/workspace-suspended.yaml")), None, &[], &now());
+        assert_eq!(condition(&suspended, READY).reason, "Suspended");
+        assert_eq!(suspended.portal.unwrap().replicas, 0);
+    }
+
+    #[test]
+    fn validate_catches_what_predates_the_schema() {
+        let mut bad = ws(BASIC);
+        bad.spec.refresh_interval = Some("5 minutes".into());
+        assert!(validate(&bad).unwrap_err().contains("spec.refreshInterval"));
+        assert!(validate(&ws(BASIC)).is_ok());
+    }
+}
