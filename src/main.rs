@@ -22,7 +22,11 @@ enum Command {
     /// Run one Workspace's portal (started by the operator in the Workspace's namespace).
     Portal(PortalArgs),
     /// Print the CustomResourceDefinitions as YAML.
-    Crd,
+    Crd {
+        /// Write one file per CRD into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
+    },
     /// Print the version.
     Version,
 }
@@ -101,13 +105,23 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// A client from the in-cluster config or KUBECONFIG, announcing itself in the User-Agent so
+/// that audit logs and `apiserver_request_total` tell the operator's requests apart.
+async fn client(user_agent: String) -> Result<kube::Client, Box<dyn std::error::Error + Send + Sync>> {
+    let mut config = kube::Config::infer().await.map_err(|e| format!("failed to load a Kubernetes config: {e}"))?;
+    let value = http::HeaderValue::from_str(&user_agent).map_err(|e| format!("failed to build the user agent: {e}"))?;
+    config.headers.push((http::header::USER_AGENT, value));
+    Ok(kube::Client::try_from(config).map_err(|e| format!("failed to create a Kubernetes client: {e}"))?)
+}
+
 async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let client = kube::Client::try_default().await.map_err(|e| format!("failed to create a Kubernetes client: {e}"))?;
+    let identity = args.identity.unwrap_or_else(default_identity);
+    let client = client(format!("hyperpage-operator/{} ({identity})", hyperpage::VERSION)).await?;
     let lease = if args.leader_elect {
         let lease = LeaseConfig {
             namespace: args.lease_namespace.unwrap_or_else(|| client.default_namespace().to_string()),
             name: args.lease_name,
-            identity: args.identity.unwrap_or_else(default_identity),
+            identity,
             lease_duration: args.lease_duration,
             renew_deadline: args.renew_deadline,
             retry_period: args.retry_period,
@@ -129,7 +143,7 @@ async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Erro
 }
 
 async fn run_portal(args: PortalArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let client = kube::Client::try_default().await.map_err(|e| format!("failed to create a Kubernetes client: {e}"))?;
+    let client = client(format!("hyperpage-portal/{}", hyperpage::VERSION)).await?;
     let config = PortalConfig { namespace: args.namespace, workspace: args.workspace, listen: args.listen, api_only: args.api_only };
     hyperpage::portal::run(client, config).await
 }
@@ -137,10 +151,11 @@ async fn run_portal(args: PortalArgs) -> Result<(), Box<dyn std::error::Error + 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Crd => {
+        Command::Crd { out_dir: None } => {
             print!("{}", hyperpage::api::crds_yaml());
             Ok(())
         }
+        Command::Crd { out_dir: Some(dir) } => write_crds(&dir),
         Command::Version => {
             println!("hyperpage {}", hyperpage::VERSION);
             Ok(())
@@ -162,6 +177,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn write_crds(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    std::fs::create_dir_all(dir)?;
+    for (name, yaml) in hyperpage::api::crd_files() {
+        std::fs::write(dir.join(&name), yaml).map_err(|e| format!("failed to write {}: {e}", dir.join(&name).display()))?;
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error + Send + Sync>> {

@@ -184,7 +184,7 @@ pub struct SidecarSpec {
 
     /// Port your container serves HTTP on; the Service sends traffic there.
     #[schemars(range(min = 1, max = 65535))]
-    #[x_kube(validation = Rule::new("self != 8080 && self != 9090").message("8080 and 9090 are taken by the hyperpage sidecar (API and admin ports); choose another port"))]
+    #[x_kube(validation = Rule::new("self != 8080").message("8080 is taken by the hyperpage API container beside yours; choose another port"))]
     pub port: i32,
 }
 

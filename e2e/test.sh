@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, lints, unit tests, the CRD drift check, then the
+# end-to-end suite against a real control plane (the local one from e2e/cluster.sh, started
+# and stopped here, or the cluster KUBECONFIG points at).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "unit tests (cargo test)"
+cargo test --locked
+
+step "CRDs: hyperpage crd == crds/*.yaml"
+diff -u <(cargo run --quiet --locked -- crd) <(cat crds/*.yaml)
+
+if [[ -z "${KUBECONFIG:-}" ]]; then
+    step "local control plane (e2e/cluster.sh up)"
+    # A cluster the developer started stays up; one started here is stopped at the end.
+    if ! bash e2e/cluster.sh status >/dev/null 2>&1; then
+        trap 'bash e2e/cluster.sh down' EXIT
+    fi
+    bash e2e/cluster.sh up
+    # shellcheck source=/dev/null
+    source e2e/.run/env
+else
+    step "using the cluster in KUBECONFIG=$KUBECONFIG"
+    # The suite needs kubectl and helm; take the pinned ones unless the user has their own.
+    command -v kubectl >/dev/null || PATH="$(bash e2e/cluster.sh bin-dir):$PATH"
+fi
+
+step "end-to-end suite (cargo test --test e2e -- --ignored)"
+cargo test --locked --test e2e -- --ignored --test-threads=1

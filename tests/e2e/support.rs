@@ -1,0 +1,270 @@
+//! Shared machinery of the end-to-end suite: a client for the test cluster, YAML apply,
+//! polling waits, and operator processes started from the built binary.
+
+use futures::Future;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{self, Scope};
+use kube::{Client, ResourceExt};
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, MutexGuard};
+
+pub const MANAGER: &str = "hyperpage-e2e";
+pub const LEASE_NAMESPACE: &str = "hyperpage-system";
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// The suite shares one cluster and operators act cluster-wide: one test at a time, even
+/// when someone forgets `--test-threads=1`.
+pub async fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub async fn client() -> Client {
+    Client::try_default().await.expect("a cluster: run `make cluster-up` and source e2e/.run/env, or set KUBECONFIG")
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Parses a multi-document YAML file into objects.
+pub fn documents(yaml: &str) -> Vec<DynamicObject> {
+    serde_norway::Deserializer::from_str(yaml)
+        .filter_map(|doc| {
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("valid YAML");
+            (!value.is_null()).then(|| serde_json::from_value(value).expect("a Kubernetes object"))
+        })
+        .collect()
+}
+
+async fn api_for(client: &Client, object: &DynamicObject, namespace: &str) -> Api<DynamicObject> {
+    let types = object.types.as_ref().expect("apiVersion and kind");
+    let gvk = GroupVersionKind::try_from(types).expect("a valid apiVersion");
+    let (resource, capabilities) = discovery::pinned_kind(client, &gvk).await.expect("a known kind");
+    match capabilities.scope {
+        Scope::Namespaced => Api::namespaced_with(client.clone(), namespace, &resource),
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+    }
+}
+
+/// Server-side applies every object (optionally as a dry run) into `namespace`.
+pub async fn apply(client: &Client, namespace: &str, objects: &[DynamicObject], dry_run: bool) -> Result<(), kube::Error> {
+    for object in objects {
+        let api = api_for(client, object, namespace).await;
+        let mut params = PatchParams::apply(MANAGER).force();
+        params.dry_run = dry_run;
+        api.patch(&object.name_any(), &params, &Patch::Apply(object)).await?;
+    }
+    Ok(())
+}
+
+pub async fn apply_yaml(client: &Client, namespace: &str, yaml: &str) {
+    apply(client, namespace, &documents(yaml), false).await.expect("apply succeeds");
+}
+
+pub async fn apply_file(client: &Client, namespace: &str, path: &Path) {
+    apply_yaml(client, namespace, &std::fs::read_to_string(path).unwrap()).await;
+}
+
+/// Installs the committed CRDs and waits until the API server serves them.
+pub async fn install_crds(client: &Client) {
+    for entry in std::fs::read_dir(repo().join("crds")).unwrap() {
+        apply_file(client, "", &entry.unwrap().path()).await;
+    }
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    for name in ["workspaces.hyperpage.dev", "toolbindings.hyperpage.dev"] {
+        wait_for(&format!("CRD {name} to be Established"), Duration::from_secs(30), || async {
+            let crd = crds.get(name).await.ok()?;
+            let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        })
+        .await;
+    }
+}
+
+/// A namespace for one test, deleted when dropped.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let name = format!("{prefix}-{}", std::process::id() % 100_000);
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let _ = namespaces.delete(&name, &DeleteParams::default()).await;
+        wait_for(&format!("old namespace {name} to be gone"), Duration::from_secs(60), || async {
+            namespaces.get_opt(&name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+        let ns = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        namespaces.create(&PostParams::default(), &ns).await.expect("namespace created");
+        Self { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // kubectl rather than the async client: the test's runtime is not running while it
+        // drops its values, and its client's connections belong to that runtime.
+        // Waiting keeps tests apart: operators act cluster-wide, and a namespace still being
+        // torn down would show up in the next test's write counts.
+        let _ = Command::new("kubectl").args(["delete", "namespace", &self.name, "--wait=true", "--timeout=90s"]).output();
+    }
+}
+
+pub async fn ensure_namespace(client: &Client, name: &str) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    if namespaces.get_opt(name).await.unwrap().is_none() {
+        let ns = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        let _ = namespaces.create(&PostParams::default(), &ns).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One `hyperpage operator` process, killed when dropped.
+pub struct Operator {
+    pub identity: String,
+    pub admin_port: u16,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct OperatorOptions<'a> {
+    pub identity: &'a str,
+    pub lease_name: &'a str,
+    pub extra: &'a [&'a str],
+}
+
+impl Operator {
+    pub fn start(options: OperatorOptions<'_>) -> Self {
+        let admin_port = free_port();
+        let logs = repo().join("artifacts/e2e-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = logs.join(format!("{}.log", options.identity));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hyperpage"));
+        command
+            .args(["operator", "--admin-address", &format!("127.0.0.1:{admin_port}")])
+            .args(["--identity", options.identity, "--lease-name", options.lease_name, "--lease-namespace", LEASE_NAMESPACE])
+            .args(["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "1s"])
+            .args(["--portal-image", "ghcr.io/hyperpage-dev/hyperpage:e2e"])
+            .args(options.extra)
+            .env("RUST_LOG", "info,hyperpage=debug")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        let child = command.spawn().expect("the hyperpage binary starts");
+        Self { identity: options.identity.to_string(), admin_port, log, child: Some(child) }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap();
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    /// Waits for the process to exit after a signal.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?}", self.identity);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The admin server's /metrics, or None while it is not up.
+    pub async fn metrics(&self) -> Option<String> {
+        http_get(self.admin_port, "/metrics").await
+    }
+
+    /// The value of a metric line that starts with `prefix`, e.g. `hyperpage_leader `.
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let text = self.metrics().await?;
+        text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    }
+
+    /// Total mutating requests this process sent for objects other than its Lease.
+    pub async fn writes(&self) -> Option<f64> {
+        let text = self.metrics().await?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with("hyperpage_api_writes_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<_> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let _ = writeln!(std::io::stderr(), "--- last log lines of {} ---\n{}", self.identity, self.log_tail());
+        }
+    }
+}
+
+/// A tiny HTTP/1.0 GET against loopback, enough for the admin endpoints.
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_string()).or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+}
+
+/// Runs kubectl (the one the harness put on PATH).
+pub fn kubectl_output(args: &[&str]) -> std::process::Output {
+    Command::new("kubectl").args(args).output().expect("kubectl on PATH")
+}
+
+/// Runs kubectl and returns stdout, failing the test when kubectl fails.
+pub fn kubectl(args: &[&str]) -> String {
+    let output = kubectl_output(args);
+    assert!(output.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
