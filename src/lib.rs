@@ -2,10 +2,12 @@
 
 pub mod admin;
 pub mod api;
+pub mod engine;
 pub mod lease;
 pub mod metrics;
 pub mod operator;
 pub mod portal;
+pub mod providers;
 pub mod telemetry;
 
 /// The version of this build, reported by `hyperpage version` and `hyperpage_build_info`.

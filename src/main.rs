@@ -1,9 +1,12 @@
 //! The `hyperpage` binary: `operator`, `portal`, `crd`, `version`.
 
 use clap::{Args, Parser, Subcommand};
+use hyperpage::engine::EngineConfig;
 use hyperpage::lease::LeaseConfig;
 use hyperpage::operator::{OperatorConfig, children::BuildConfig};
 use hyperpage::portal::PortalConfig;
+use hyperpage::providers::http::ClientConfig;
+use hyperpage::providers::safety::{Cidr, EndpointPolicy};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -79,6 +82,37 @@ struct OperatorArgs {
     /// Objects reconciled at once per controller.
     #[arg(long, env = "HYPERPAGE_CONCURRENCY", default_value_t = 4)]
     concurrency: u16,
+
+    /// Poll the tools (the aggregation engine). Off: validate bindings and run portals only.
+    #[arg(long, env = "HYPERPAGE_POLLING", default_value_t = true, action = clap::ArgAction::Set)]
+    polling: bool,
+
+    /// Redis for the engine's cache and rate-limit ledger, e.g. redis://redis:6379/0 (may
+    /// hold a password; it is never logged). In-process cache when unset.
+    #[arg(long, env = "HYPERPAGE_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+
+    /// Prefix of every Redis key the engine writes.
+    #[arg(long, env = "HYPERPAGE_REDIS_PREFIX", default_value = "hyperpage")]
+    redis_prefix: String,
+
+    /// Private or cluster-internal networks tool endpoints may resolve to (comma-separated
+    /// CIDRs, e.g. 10.20.0.0/16 for a self-hosted GitLab). Link-local and cloud-metadata
+    /// addresses are refused regardless.
+    #[arg(long, env = "HYPERPAGE_ALLOW_PRIVATE_CIDRS", value_delimiter = ',')]
+    allow_private_cidrs: Vec<String>,
+
+    /// Allow plain-http tool endpoints (tokens would cross the network unencrypted).
+    #[arg(long, env = "HYPERPAGE_ALLOW_INSECURE_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    allow_insecure_http: bool,
+
+    /// Bindings polled at once.
+    #[arg(long, env = "HYPERPAGE_POLL_CONCURRENCY", default_value_t = 8)]
+    poll_concurrency: usize,
+
+    /// Time limit of one upstream request.
+    #[arg(long, env = "HYPERPAGE_UPSTREAM_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    upstream_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -131,13 +165,30 @@ async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Erro
     } else {
         None
     };
-    tracing::info!(version = hyperpage::VERSION, leader_elect = lease.is_some(), "starting hyperpage operator");
+    let engine = if args.polling {
+        let allowed = args
+            .allow_private_cidrs
+            .iter()
+            .filter(|c| !c.trim().is_empty())
+            .map(|c| c.parse::<Cidr>().map_err(|e| format!("failed to parse --allow-private-cidrs: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = ClientConfig {
+            timeout: args.upstream_timeout,
+            policy: EndpointPolicy { allowed, allow_http: args.allow_insecure_http },
+            ..ClientConfig::default()
+        };
+        Some(EngineConfig { redis_url: args.redis_url, redis_prefix: args.redis_prefix, client, concurrency: args.poll_concurrency.max(1) })
+    } else {
+        None
+    };
+    tracing::info!(version = hyperpage::VERSION, leader_elect = lease.is_some(), polling = engine.is_some(), "starting hyperpage operator");
     let config = OperatorConfig {
         admin_address: args.admin_address,
         lease,
         build: BuildConfig { portal_image: args.portal_image },
         resync: args.resync,
         concurrency: args.concurrency.max(1),
+        engine,
     };
     hyperpage::operator::run(client, config).await
 }

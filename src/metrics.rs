@@ -41,6 +41,7 @@ pub struct Metrics {
     pub api_writes: Family<WriteLabels, Counter>,
     pub leader: Gauge,
     pub leader_transitions: Counter,
+    pub engine: crate::engine::EngineMetrics,
 }
 
 impl Default for Metrics {
@@ -72,7 +73,17 @@ impl Metrics {
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info.get_or_create(&VersionLabels { version: crate::VERSION }).set(1);
         registry.register("build_info", "The running hyperpage version", build_info);
-        Self { registry: Arc::new(registry), reconciles, reconcile_errors, reconcile_duration, api_writes, leader, leader_transitions }
+        let engine = crate::engine::EngineMetrics::register(&mut registry);
+        Self {
+            registry: Arc::new(registry),
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            api_writes,
+            leader,
+            leader_transitions,
+            engine,
+        }
     }
 
     /// The registry in OpenMetrics text format.

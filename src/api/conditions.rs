@@ -16,19 +16,32 @@ pub const RATE_LIMITED: &str = "RateLimited";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredCondition {
     pub type_: &'static str,
-    pub status: bool,
+    /// `None` is "Unknown": not yet known (e.g. before the first poll).
+    pub status: Option<bool>,
     pub reason: &'static str,
     pub message: String,
 }
 
 impl DesiredCondition {
     pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { type_, status, reason, message: message.into() }
+        Self { type_, status: Some(status), reason, message: message.into() }
+    }
+
+    pub fn unknown(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { type_, status: None, reason, message: message.into() }
+    }
+
+    pub fn is_true(&self) -> bool {
+        self.status == Some(true)
     }
 }
 
-fn status_word(status: bool) -> &'static str {
-    if status { "True" } else { "False" }
+fn status_word(status: Option<bool>) -> &'static str {
+    match status {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    }
 }
 
 /// Turns desired conditions into API conditions, keeping `lastTransitionTime` from `previous`

@@ -4,6 +4,7 @@ use super::children::{BuildConfig, FIELD_MANAGER};
 use super::diff::is_subset;
 use super::error::{Error, backoff};
 use crate::api::{ToolBinding, Workspace};
+use crate::engine::Engine;
 use crate::lease::Fence;
 use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
 use k8s_openapi::NamespaceResourceScope;
@@ -20,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Read-only views of the watch caches the reconcilers work from.
@@ -47,6 +48,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// How often a converged object is looked at again (reads only).
     pub resync: Duration,
+    /// The aggregation engine, when polling is on.
+    pub engine: Option<Arc<Engine>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -54,7 +57,12 @@ impl Context {
     pub fn new(client: Client, stores: Stores, build: BuildConfig, fence: Fence, metrics: Metrics, resync: Duration) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, stores, build, fence, metrics, recorder, resync, failures: Mutex::new(HashMap::new()) }
+        Self { client, stores, build, fence, metrics, recorder, resync, engine: None, failures: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn with_engine(mut self, engine: Option<Arc<Engine>>) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// Refuses every write once this replica is no longer the leader.

@@ -12,6 +12,7 @@ mod tests;
 
 use crate::admin::{self, Readiness};
 use crate::api::{ToolBinding, Workspace};
+use crate::engine::{Engine, EngineConfig};
 use crate::lease::{Fence, LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use children::{BuildConfig, MANAGED_BY};
@@ -46,6 +47,8 @@ pub struct OperatorConfig {
     pub build: BuildConfig,
     pub resync: Duration,
     pub concurrency: u16,
+    /// The aggregation engine's settings; `None` turns polling off.
+    pub engine: Option<EngineConfig>,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -192,7 +195,34 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
         ingresses,
         pod_disruption_budgets: pdbs,
     };
-    let ctx = Arc::new(Context::new(client.clone(), stores.clone(), config.build.clone(), fence, metrics, config.resync));
+    let engine = match &config.engine {
+        Some(engine_config) => match Engine::new(client.clone(), engine_config.clone(), metrics.engine.clone()) {
+            Ok(engine) => Some(Arc::new(engine)),
+            Err(error) => {
+                tracing::error!(%error, "failed to start the aggregation engine; polling is off");
+                None
+            }
+        },
+        None => None,
+    };
+    let ctx = Arc::new(
+        Context::new(client.clone(), stores.clone(), config.build.clone(), fence, metrics, config.resync).with_engine(engine.clone()),
+    );
+    // The engine wakes the ToolBinding controller when a poll finished.
+    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<ObjectRef<ToolBinding>>(1024);
+    let wakes = futures::stream::poll_fn(move |cx| wake_rx.poll_recv(cx));
+    let polling = {
+        let (bindings, workspaces) = (bindings.clone(), workspaces.clone());
+        async move {
+            match engine {
+                Some(engine) => {
+                    tracing::info!("aggregation engine started");
+                    engine.run(bindings, workspaces, wake_tx).await
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    };
     let controller_config = ControllerConfig::default().concurrency(config.concurrency);
 
     let workspace_controller = Controller::for_shared_stream(ws_for_ws, workspaces.clone())
@@ -229,6 +259,7 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
                 b.namespace().as_deref() == Some(ns.as_str()) && b.spec.credentials_secret_ref.name == name
             })
         })
+        .reconcile_on(wakes)
         .with_config(controller_config)
         .run(toolbinding::reconcile, error_policy::<ToolBinding>, ctx.clone())
         .for_each(log_result("toolbinding"));
@@ -252,6 +283,7 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
         _ = workspace_controller => {}
         _ = binding_controller => {}
         _ = mark_ready => {}
+        _ = polling => {}
     }
 }
 

@@ -6,8 +6,10 @@
 
 use super::context::{Context, object_key};
 use super::error::Error;
-use crate::api::conditions::{self, CREDENTIALS_VALID, DesiredCondition, READY};
+use crate::api::conditions::{self, CREDENTIALS_VALID, DesiredCondition, RATE_LIMITED, READY, SYNCED};
 use crate::api::{ToolBinding, ToolBindingStatus, Workspace, duration};
+use crate::engine::Engine;
+use crate::engine::status::{SyncRecord, compose};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
@@ -82,7 +84,7 @@ pub fn validate(binding: &ToolBinding, workspace_found: bool, secret: SecretStat
         )
     } else if let Some(message) = interval_error {
         DesiredCondition::new(READY, false, "InvalidSpec", message)
-    } else if !credentials.status {
+    } else if !credentials.is_true() {
         DesiredCondition::new(READY, false, credentials.reason, credentials.message.clone())
     } else {
         DesiredCondition::new(READY, true, "Configured", "workspace and credentials found")
@@ -113,36 +115,99 @@ async fn reconcile_inner(binding: &ToolBinding, ctx: &Context) -> Result<Action,
     let state = secret_state(secret.as_ref(), &binding.spec.credentials_secret_ref.key);
     drop(secret);
 
-    let desired = validate(binding, workspace_found, state);
+    let validation = validate(binding, workspace_found, state);
     let now = Time(jiff::Timestamp::now());
     let previous = binding.status.clone().unwrap_or_default();
-    let status = ToolBindingStatus {
-        observed_generation: binding.metadata.generation,
-        conditions: conditions::merge(&previous.conditions, &desired, binding.metadata.generation, &now),
-        ..previous.clone()
+    let record = ctx.engine.as_ref().and_then(|engine| engine.record(&ObjectRef::from_obj(binding)));
+    let desired = match &ctx.engine {
+        Some(engine) => compose(validation, record.as_ref(), engine.cache().in_fallback()),
+        None => validation,
     };
-    if status != previous {
+    let status = binding_status(binding, &previous, &desired, record.as_ref(), &now);
+    let workspace = ctx.stores.workspaces.get(&ObjectRef::<Workspace>::new(&binding.spec.workspace_ref.name).within(&namespace));
+    let heartbeat = Engine::interval(binding, workspace.as_deref()) * HEARTBEAT_INTERVALS;
+    if needs_write(&previous, &status, heartbeat, &now) {
         ctx.apply_status(CONTROLLER, binding, &status).await?;
         publish_transitions(binding, ctx, &previous, &status).await;
     }
     Ok(Action::requeue(ctx.resync))
 }
 
-/// One Event per condition whose status or reason changed.
+/// With nothing else changed, the sync timestamps are refreshed only this many intervals
+/// apart: a poll that found nothing new (a 304) causes no status write.
+pub const HEARTBEAT_INTERVALS: u32 = 6;
+
+/// Status (pure): the conditions plus the engine's data; without a fresh record the last
+/// data in status is kept (stale, and marked so by the conditions), never dropped.
+pub fn binding_status(
+    binding: &ToolBinding,
+    previous: &ToolBindingStatus,
+    desired: &[DesiredCondition],
+    record: Option<&SyncRecord>,
+    now: &Time,
+) -> ToolBindingStatus {
+    let mut status = ToolBindingStatus {
+        observed_generation: binding.metadata.generation,
+        conditions: conditions::merge(&previous.conditions, desired, binding.metadata.generation, now),
+        ..previous.clone()
+    };
+    if let Some(record) = record {
+        status.last_sync_time = Some(record.attempted_at.clone());
+        status.last_successful_sync_time = record.succeeded_at.clone().or(status.last_successful_sync_time);
+        if record.rate_limit.is_some() {
+            status.rate_limit = record.rate_limit.clone();
+        }
+        if let Some(snapshot) = &record.snapshot {
+            status.summary = Some(snapshot.summary.clone());
+            status.items = Some(snapshot.items.clone());
+        }
+    }
+    status
+}
+
+/// Whether `new` must be written: anything but the sync timestamps changed, or those are
+/// older than `heartbeat`.
+pub fn needs_write(previous: &ToolBindingStatus, new: &ToolBindingStatus, heartbeat: std::time::Duration, now: &Time) -> bool {
+    let strip = |s: &ToolBindingStatus| ToolBindingStatus { last_sync_time: None, last_successful_sync_time: None, ..s.clone() };
+    if strip(previous) != strip(new) {
+        return true;
+    }
+    if new.last_sync_time.is_none() || previous.last_sync_time == new.last_sync_time {
+        return false;
+    }
+    let stored_age = previous.last_sync_time.as_ref().map(|t| now.0.duration_since(t.0));
+    stored_age.is_none_or(|age| age >= jiff::SignedDuration::try_from(heartbeat).unwrap_or(jiff::SignedDuration::MAX))
+}
+
+/// One Event per change of state (the first condition naming a reason speaks for it), and
+/// one when pipelines start failing.
 async fn publish_transitions(binding: &ToolBinding, ctx: &Context, previous: &ToolBindingStatus, status: &ToolBindingStatus) {
     let reference = binding.object_ref(&());
-    for type_ in [CREDENTIALS_VALID, READY] {
+    let mut told = std::collections::HashSet::new();
+    for type_ in [CREDENTIALS_VALID, RATE_LIMITED, SYNCED, READY] {
         let Some(now) = conditions::find(&status.conditions, type_) else { continue };
         let before = conditions::find(&previous.conditions, type_);
-        if before.map(|c| (&c.status, &c.reason)) == Some((&now.status, &now.reason)) {
+        if before.map(|c| (&c.status, &c.reason)) == Some((&now.status, &now.reason)) || now.status == "Unknown" {
             continue;
         }
-        // The Ready event would only repeat the credentials one.
-        if type_ == READY && conditions::find(&status.conditions, CREDENTIALS_VALID).is_some_and(|c| c.reason == now.reason) {
+        if !told.insert(now.reason.clone()) {
             continue;
         }
-        let warning = now.status != "True";
-        ctx.publish_event(CONTROLLER, &reference, warning, &now.reason, now.message.clone(), "Validate").await;
+        let warning = if type_ == RATE_LIMITED { now.status == "True" } else { now.status != "True" };
+        ctx.publish_event(CONTROLLER, &reference, warning, &now.reason, now.message.clone(), "Sync").await;
+    }
+    let failing = |s: &ToolBindingStatus| s.summary.as_ref().map_or(0, |s| s.failing_pipelines);
+    if failing(status) > failing(previous) {
+        let names: Vec<String> = status
+            .items
+            .iter()
+            .flat_map(|i| &i.pipelines)
+            .filter(|p| matches!(p.state.as_deref(), Some("failure" | "failed" | "timed_out" | "startup_failure")))
+            .map(|p| p.id.clone())
+            .take(5)
+            .collect();
+        let note = format!("{} pipelines failing (was {}): {}", failing(status), failing(previous), names.join(", "));
+        ctx.publish_event(CONTROLLER, &reference, true, "PipelineFailing", note, "Sync").await;
     }
 }
 
@@ -172,15 +237,15 @@ mod tests {
     fn conditions_name_the_first_problem() {
         let b = binding();
         let c = validate(&b, true, SecretState::Missing);
-        assert_eq!((c[0].type_, c[0].status, c[0].reason), (READY, false, "SecretNotFound"));
-        assert_eq!((c[1].type_, c[1].status, c[1].reason), (CREDENTIALS_VALID, false, "SecretNotFound"));
+        assert_eq!((c[0].type_, c[0].status, c[0].reason), (READY, Some(false), "SecretNotFound"));
+        assert_eq!((c[1].type_, c[1].status, c[1].reason), (CREDENTIALS_VALID, Some(false), "SecretNotFound"));
         let c = validate(&b, false, SecretState::Present);
-        assert_eq!((c[0].status, c[0].reason), (false, "WorkspaceNotFound"));
-        assert_eq!((c[1].status, c[1].reason), (true, "SecretFound"));
+        assert_eq!((c[0].status, c[0].reason), (Some(false), "WorkspaceNotFound"));
+        assert_eq!((c[1].status, c[1].reason), (Some(true), "SecretFound"));
         let c = validate(&b, true, SecretState::KeyMissing);
         assert_eq!(c[1].reason, "KeyNotFound");
         let c = validate(&b, true, SecretState::Present);
-        assert!(c.iter().all(|c| c.status));
+        assert!(c.iter().all(|c| c.is_true()));
     }
 
     #[test]

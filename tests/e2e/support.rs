@@ -175,6 +175,9 @@ impl Operator {
             .args(["--identity", options.identity, "--lease-name", options.lease_name, "--lease-namespace", LEASE_NAMESPACE])
             .args(["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "1s"])
             .args(["--portal-image", "ghcr.io/hyperpage-dev/hyperpage:e2e"])
+            // The examples name real SaaS endpoints: nothing here may reach them, so polling
+            // is on only in tests that point bindings at local fake servers.
+            .args(if options.extra.iter().any(|a| a.starts_with("--polling")) { &[][..] } else { &["--polling=false"][..] })
             .args(options.extra)
             .env("RUST_LOG", "info,hyperpage=debug")
             .stdout(Stdio::from(out))

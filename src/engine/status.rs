@@ -1,0 +1,164 @@
+//! Status composition (pure): validation conditions + the engine's last poll → ToolBinding
+//! conditions and data. Stale data is kept and marked, never dropped.
+
+use crate::api::conditions::{CREDENTIALS_VALID, DEGRADED, DesiredCondition, RATE_LIMITED, READY, SYNCED};
+use crate::api::toolbinding::RateLimitStatus;
+use crate::providers::{ProviderError, Snapshot};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// The outcome of the newest poll of one binding, and the last good data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyncRecord {
+    pub attempted_at: Time,
+    pub succeeded_at: Option<Time>,
+    pub snapshot: Option<Snapshot>,
+    pub error: Option<ProviderError>,
+    pub rate_limit: Option<RateLimitStatus>,
+    /// Whether the newest poll found the same data as the one before.
+    pub unchanged: bool,
+}
+
+/// What the engine contributes to a binding's status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Composed {
+    pub conditions: Vec<DesiredCondition>,
+    pub record: Option<SyncRecord>,
+}
+
+fn when(t: &Time) -> String {
+    t.0.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// `validation` is `[Ready, CredentialsValid]` from the binding check.
+pub fn compose(validation: Vec<DesiredCondition>, sync: Option<&SyncRecord>, cache_fallback: bool) -> Vec<DesiredCondition> {
+    let mut ready = validation[0].clone();
+    let mut credentials = validation[1].clone();
+    if !ready.is_true() {
+        let not_polled = format!("not polled: {}", ready.message);
+        return vec![
+            ready,
+            credentials,
+            DesiredCondition::unknown(SYNCED, "NotPolled", not_polled),
+            DesiredCondition::new(RATE_LIMITED, false, "WithinLimits", "no requests are being made"),
+            DesiredCondition::new(DEGRADED, false, "AsExpected", "nothing to report"),
+        ];
+    }
+    let Some(sync) = sync else {
+        return vec![
+            DesiredCondition::unknown(READY, "SyncPending", "waiting for the first poll"),
+            credentials,
+            DesiredCondition::unknown(SYNCED, "SyncPending", "waiting for the first poll"),
+            DesiredCondition::new(RATE_LIMITED, false, "WithinLimits", "no requests made yet"),
+            DesiredCondition::new(DEGRADED, false, "AsExpected", "nothing to report"),
+        ];
+    };
+    let stale = sync.succeeded_at.as_ref().map(|t| format!("; showing data from {}", when(t))).unwrap_or_default();
+    let quota = match &sync.rate_limit {
+        Some(RateLimitStatus { remaining: Some(r), limit: Some(l), reset_at }) => {
+            format!("{r} of {l} requests left{}", reset_at.as_ref().map(|t| format!(", resets at {}", when(t))).unwrap_or_default())
+        }
+        _ => "the provider reports no quota".into(),
+    };
+    let mut rate_limited = DesiredCondition::new(RATE_LIMITED, false, "WithinLimits", quota);
+    let mut degraded = if cache_fallback {
+        DesiredCondition::new(DEGRADED, true, "CacheFallback", "Redis is unavailable: caching in memory, a new leader would start cold")
+    } else {
+        DesiredCondition::new(DEGRADED, false, "AsExpected", "nothing to report")
+    };
+    let synced = match &sync.error {
+        None => {
+            credentials = DesiredCondition::new(CREDENTIALS_VALID, true, "Accepted", "the provider accepted the token");
+            // No timestamps in these messages: an unchanged poll must leave status unchanged.
+            ready = DesiredCondition::new(READY, true, "Synced", "the newest poll succeeded");
+            DesiredCondition::new(SYNCED, true, "Synced", "the newest poll succeeded")
+        }
+        Some(error @ ProviderError::RateLimited { until, .. }) => {
+            rate_limited = DesiredCondition::new(RATE_LIMITED, true, "RateLimited", error.to_string());
+            ready = if sync.succeeded_at.is_some() {
+                DesiredCondition::new(READY, true, "WaitingForQuota", format!("paused until {until}{stale}"))
+            } else {
+                DesiredCondition::new(READY, false, "RateLimited", format!("paused until {until} before any data was read"))
+            };
+            DesiredCondition::new(SYNCED, false, "RateLimited", format!("{error}{stale}"))
+        }
+        Some(error) => {
+            let reason = error.reason();
+            if let ProviderError::CredentialsRejected { .. } = error {
+                credentials = DesiredCondition::new(CREDENTIALS_VALID, false, "Rejected", error.to_string());
+            }
+            ready = DesiredCondition::new(READY, false, reason, error.to_string());
+            if !cache_fallback || sync.succeeded_at.is_some() {
+                degraded = DesiredCondition::new(DEGRADED, true, reason, format!("{error}{stale}"));
+            }
+            DesiredCondition::new(SYNCED, false, reason, format!("{error}{stale}"))
+        }
+    };
+    vec![ready, credentials, synced, rate_limited, degraded]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::conditions::DesiredCondition as D;
+
+    fn valid() -> Vec<D> {
+        vec![D::new(READY, true, "Configured", "ok"), D::new(CREDENTIALS_VALID, true, "SecretFound", "ok")]
+    }
+    fn t(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+    fn find<'a>(c: &'a [D], type_: &str) -> &'a D {
+        c.iter().find(|c| c.type_ == type_).unwrap()
+    }
+    fn record(error: Option<ProviderError>, succeeded: bool) -> SyncRecord {
+        SyncRecord {
+            attempted_at: t("2026-11-23T10:00:00Z"),
+            succeeded_at: succeeded.then(|| t("2026-11-23T09:55:00Z")),
+            snapshot: succeeded.then(Snapshot::default),
+            error,
+            rate_limit: None,
+            unchanged: false,
+        }
+    }
+
+    #[test]
+    fn before_the_first_poll_ready_is_unknown() {
+        let c = compose(valid(), None, false);
+        assert_eq!((find(&c, READY).status, find(&c, READY).reason), (None, "SyncPending"));
+    }
+
+    #[test]
+    fn a_failed_poll_keeps_data_and_says_since_when() {
+        let err = ProviderError::Upstream { url: "https://api.github.com/repos/a/b/pulls".into(), reason: "HTTP 502".into() };
+        let c = compose(valid(), Some(&record(Some(err), true)), false);
+        assert_eq!((find(&c, SYNCED).status, find(&c, SYNCED).reason), (Some(false), "UpstreamError"));
+        let degraded = find(&c, DEGRADED);
+        assert_eq!(degraded.status, Some(true));
+        assert!(degraded.message.contains("showing data from 2026-11-23 09:55:00 UTC"), "{}", degraded.message);
+    }
+
+    #[test]
+    fn a_rejected_token_flips_credentials_valid() {
+        let c = compose(valid(), Some(&record(Some(ProviderError::CredentialsRejected { provider: "github", status: 401 }), false)), false);
+        assert_eq!((find(&c, CREDENTIALS_VALID).status, find(&c, CREDENTIALS_VALID).reason), (Some(false), "Rejected"));
+        assert_eq!(find(&c, READY).status, Some(false));
+    }
+
+    #[test]
+    fn a_quota_wait_is_rate_limited_not_failed() {
+        let until: jiff::Timestamp = "2026-11-23T11:00:00Z".parse().unwrap();
+        let c = compose(valid(), Some(&record(Some(ProviderError::RateLimited { until, why: "reserve".into() }), true)), false);
+        assert_eq!(find(&c, RATE_LIMITED).status, Some(true));
+        assert_eq!((find(&c, READY).status, find(&c, READY).reason), (Some(true), "WaitingForQuota"));
+        assert_eq!(find(&c, DEGRADED).status, Some(false));
+    }
+
+    #[test]
+    fn invalid_bindings_are_not_polled() {
+        let invalid =
+            vec![D::new(READY, false, "SecretNotFound", "missing"), D::new(CREDENTIALS_VALID, false, "SecretNotFound", "missing")];
+        let c = compose(invalid, Some(&record(None, true)), false);
+        assert_eq!(find(&c, READY).reason, "SecretNotFound");
+        assert_eq!(find(&c, SYNCED).reason, "NotPolled");
+    }
+}

@@ -1,0 +1,221 @@
+//! The tools: one module per provider, all on the shared [`http::UpstreamClient`].
+//!
+//! A provider turns one binding's spec into a [`Snapshot`]: counts and the newest items per
+//! capability (`codeReviews`, `pipelines`, `tickets`, `artifacts`).
+
+pub mod github;
+pub mod gitlab;
+pub mod harbor;
+pub mod http;
+pub mod jenkins;
+pub mod jira;
+pub mod ledger;
+pub mod safety;
+
+use crate::api::toolbinding::{Item, ToolItems, ToolSummary};
+use crate::api::{Provider, ToolBindingSpec};
+use std::time::Duration;
+
+/// Items kept per capability in status: enough for a dashboard, small enough for etcd.
+pub const MAX_ITEMS: usize = 20;
+
+/// What one poll of one binding found.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub summary: ToolSummary,
+    pub items: ToolItems,
+}
+
+impl Snapshot {
+    /// Keeps the newest [`MAX_ITEMS`] per capability, newest first.
+    pub fn bounded(mut self) -> Self {
+        for list in [&mut self.items.code_reviews, &mut self.items.pipelines, &mut self.items.tickets, &mut self.items.artifacts] {
+            list.sort_by(|a, b| b.updated_at.as_ref().map(|t| t.0).cmp(&a.updated_at.as_ref().map(|t| t.0)));
+            list.truncate(MAX_ITEMS);
+        }
+        self
+    }
+}
+
+/// Why a poll did not produce data. Messages never contain the token or response bodies.
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
+pub enum ProviderError {
+    #[error("failed to authenticate: {provider} answered HTTP {status}; check the token in the Secret")]
+    CredentialsRejected { provider: &'static str, status: u16 },
+
+    #[error("failed to poll: rate limited until {until} ({why})")]
+    RateLimited { until: jiff::Timestamp, why: String },
+
+    #[error("failed to poll: endpoint refused: {0}")]
+    EndpointRefused(String),
+
+    #[error("failed to poll {url}: {reason}")]
+    Upstream { url: String, reason: String },
+
+    #[error("failed to poll {url}: not found (HTTP 404); check the names in the spec")]
+    NotFound { url: String },
+
+    #[error("failed to poll {url}: the response was not the JSON expected ({reason})")]
+    Malformed { url: String, reason: String },
+
+    #[error("failed to poll: circuit open for {host} after repeated failures; retrying after {until}")]
+    CircuitOpen { host: String, until: jiff::Timestamp },
+
+    #[error("failed to poll: {0}")]
+    Config(String),
+}
+
+impl ProviderError {
+    /// The condition reason this error shows as.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProviderError::CredentialsRejected { .. } => "CredentialsRejected",
+            ProviderError::RateLimited { .. } => "RateLimited",
+            ProviderError::EndpointRefused(_) => "EndpointRefused",
+            ProviderError::Upstream { .. } => "UpstreamError",
+            ProviderError::NotFound { .. } => "NotFound",
+            ProviderError::Malformed { .. } => "MalformedResponse",
+            ProviderError::CircuitOpen { .. } => "CircuitOpen",
+            ProviderError::Config(_) => "InvalidSpec",
+        }
+    }
+}
+
+/// How a provider authenticates, built from the Secret's value.
+#[derive(Clone)]
+pub struct Credential {
+    /// Full header value (e.g. "Bearer …"); never logged.
+    header: (::http::HeaderName, ::http::HeaderValue),
+    /// Short, stable, non-reversible name of the token: labels, ledger keys, cache keys.
+    pub fingerprint: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential").field("fingerprint", &self.fingerprint).finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// Builds the header the provider expects from the raw Secret value.
+    pub fn new(provider: Provider, token: &str) -> Result<Self, ProviderError> {
+        use base64::Engine as _;
+        let token = token.trim();
+        let basic = |t: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(t));
+        let (name, value) = match provider {
+            Provider::Github => (::http::header::AUTHORIZATION, format!("Bearer {token}")),
+            Provider::Gitlab => (::http::HeaderName::from_static("private-token"), token.to_string()),
+            // Jira Cloud uses email:api-token (Basic); Server/DC a personal access token (Bearer).
+            Provider::Jira if token.contains(':') => (::http::header::AUTHORIZATION, basic(token)),
+            Provider::Jira => (::http::header::AUTHORIZATION, format!("Bearer {token}")),
+            // user:api-token, robot$name:secret
+            Provider::Jenkins | Provider::Harbor => (::http::header::AUTHORIZATION, basic(token)),
+        };
+        let mut value = ::http::HeaderValue::from_str(&value)
+            .map_err(|_| ProviderError::Config("the token contains characters that cannot be sent in a header".into()))?;
+        value.set_sensitive(true);
+        Ok(Self { header: (name, value), fingerprint: fingerprint(token) })
+    }
+
+    pub fn header(&self) -> (&::http::HeaderName, &::http::HeaderValue) {
+        (&self.header.0, &self.header.1)
+    }
+}
+
+/// First 12 hex digits of SHA-256 of the token: enough to tell tokens apart, useless to an attacker.
+pub fn fingerprint(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Everything a provider needs for one poll.
+pub struct PollRequest<'a> {
+    pub spec: &'a ToolBindingSpec,
+    pub endpoint: url::Url,
+    pub credential: &'a Credential,
+    /// Requests to keep in reserve (spec.rateLimit.minRemaining).
+    pub reserve: i64,
+    /// Per-minute cap for this binding (spec.rateLimit.maxRequestsPerMinute).
+    pub budget: &'a Budget,
+}
+
+/// A token bucket for `rateLimit.maxRequestsPerMinute`: requests wait for a token.
+#[derive(Debug)]
+pub struct Budget {
+    per_minute: Option<u32>,
+    state: std::sync::Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl Budget {
+    pub fn new(per_minute: Option<u32>) -> Self {
+        let full = f64::from(per_minute.unwrap_or(0));
+        Self { per_minute, state: std::sync::Mutex::new((full, tokio::time::Instant::now())) }
+    }
+
+    pub fn per_minute(&self) -> Option<u32> {
+        self.per_minute
+    }
+
+    /// Waits until a request may be sent.
+    pub async fn acquire(&self) {
+        let Some(limit) = self.per_minute.filter(|n| *n > 0) else { return };
+        let rate = f64::from(limit) / 60.0;
+        loop {
+            let wait = {
+                let mut state = self.state.lock().expect("budget lock");
+                let now = tokio::time::Instant::now();
+                state.0 = (state.0 + now.duration_since(state.1).as_secs_f64() * rate).min(f64::from(limit));
+                state.1 = now;
+                if state.0 >= 1.0 {
+                    state.0 -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - state.0) / rate)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The provider's public API address when the spec names none.
+pub fn default_endpoint(provider: Provider) -> Option<&'static str> {
+    match provider {
+        Provider::Github => Some("https://api.github.com"),
+        Provider::Gitlab => Some("https://gitlab.com"),
+        Provider::Jira | Provider::Jenkins | Provider::Harbor => None,
+    }
+}
+
+/// Polls one binding.
+pub async fn poll(client: &http::UpstreamClient, request: &PollRequest<'_>) -> Result<Snapshot, ProviderError> {
+    let snapshot = match request.spec.provider {
+        Provider::Github => github::poll(client, request).await?,
+        Provider::Gitlab => gitlab::poll(client, request).await?,
+        Provider::Jira => jira::poll(client, request).await?,
+        Provider::Jenkins => jenkins::poll(client, request).await?,
+        Provider::Harbor => harbor::poll(client, request).await?,
+    };
+    Ok(snapshot.bounded())
+}
+
+/// Parses an RFC 3339 timestamp from upstream JSON.
+pub(crate) fn time(value: &serde_json::Value) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+    value.as_str()?.parse::<jiff::Timestamp>().ok().map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
+}
+
+/// Builds an item, trimming untrusted text to a sane length.
+pub(crate) fn item(id: String, title: &str, url: &str, state: Option<&str>, author: Option<&str>, updated: &serde_json::Value) -> Item {
+    let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+    Item {
+        id: clip(&id, 64),
+        title: clip(title, 256),
+        url: clip(url, 2048),
+        state: state.map(|s| clip(s, 64)),
+        author: author.map(|s| clip(s, 128)),
+        updated_at: time(updated),
+    }
+}
+
+/// Default wait when a provider signals a limit without saying for how long.
+pub const SECONDARY_LIMIT_WAIT: Duration = Duration::from_secs(60);
