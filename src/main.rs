@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller (leader-elected; run two or more replicas).
-    Operator(OperatorArgs),
+    Operator(Box<OperatorArgs>),
     /// Run one Workspace's portal (started by the operator in the Workspace's namespace).
     Portal(PortalArgs),
     /// Print the CustomResourceDefinitions as YAML.
@@ -213,7 +213,7 @@ fn main() -> ExitCode {
         }
         Command::Operator(args) => runtime().and_then(|rt| {
             hyperpage::telemetry::init();
-            rt.block_on(run_operator(args))
+            rt.block_on(run_operator(*args))
         }),
         Command::Portal(args) => runtime().and_then(|rt| {
             hyperpage::telemetry::init();
