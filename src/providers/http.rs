@@ -267,9 +267,21 @@ impl UpstreamClient {
                 }
                 Ok(Fetched { body: value, not_modified: false, next })
             }
-            401 | 403 => {
+            403 => {
                 self.breaker_result(&host, false, now);
-                Err(ProviderError::CredentialsRejected { provider: request.provider, status: status.as_u16() })
+                // GitHub's secondary limits may come as a bare 403 whose message says so.
+                let body = self.read_capped(response, url).await.unwrap_or_default();
+                if String::from_utf8_lossy(&body).to_ascii_lowercase().contains("rate limit") {
+                    let entry = self.ledger.block(fingerprint, &observed, now);
+                    self.persist_ledger(request.provider, fingerprint, &entry).await;
+                    let until = entry.blocked_until.unwrap_or(now);
+                    return Err(ProviderError::RateLimited { until, why: "HTTP 403: secondary rate limit".into() });
+                }
+                Err(ProviderError::CredentialsRejected { provider: request.provider, status: 403 })
+            }
+            401 => {
+                self.breaker_result(&host, false, now);
+                Err(ProviderError::CredentialsRejected { provider: request.provider, status: 401 })
             }
             404 => {
                 self.breaker_result(&host, false, now);
