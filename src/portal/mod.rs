@@ -2,24 +2,41 @@
 //!
 //! Namespace-scoped and read-only: it watches its own Workspace and that namespace's
 //! ToolBindings with its own ServiceAccount and answers every request from that in-memory
-//! cache, never with an API call per request. It holds no credentials.
+//! cache. The HTTP handlers cannot make API calls: [`PortalState`] holds the caches and no
+//! `Client`. It holds no credentials.
+//!
+//! Routes (the page, `/fragment`, `/events` and `/assets/*` are left out with `--api-only`):
+//! - `/` the dashboard; `/fragment` its changing part; `/events` server-sent events carrying
+//!   that fragment on every change (and every 30 s, so relative times and stale marks stay
+//!   true)
+//! - `/api/v1/workspace`, `/api/v1/toolbindings`, `/api/v1/openapi.json`
+//! - `/healthz`, `/readyz` (the Workspace and the bindings are in the cache), `/metrics`
 
 mod page;
 
+pub use page::{CONTENT_SECURITY_POLICY, Mark, Tiles, escape, marks, render, render_dashboard, tiles};
+
 use crate::api::{ToolBinding, Workspace};
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::{Router, routing::get};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, CustomResourceExt, Resource};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+use tokio::sync::watch;
 
 #[derive(Clone, Debug)]
 pub struct PortalConfig {
@@ -29,23 +46,76 @@ pub struct PortalConfig {
     pub api_only: bool,
 }
 
-/// The portal's view: caches of its Workspace and the namespace's bindings.
+type Labels = Vec<(String, String)>;
+
+fn label(key: &str, value: &str) -> Labels {
+    vec![(key.to_string(), value.to_string())]
+}
+
+/// The portal's own metrics (`hyperpage_portal_*`).
+#[derive(Clone)]
+pub struct PortalMetrics {
+    /// HTTP requests served, by route.
+    pub requests: Family<Labels, Counter>,
+    /// Watch events received, by kind.
+    pub watch_events: Family<Labels, Counter>,
+    /// LIST requests the watchers made (the first one and every re-list), by kind. Together
+    /// with the long-running WATCH requests these are all the API calls the portal makes.
+    pub relists: Family<Labels, Counter>,
+    /// Watch failures (retried with backoff), by kind.
+    pub watch_errors: Family<Labels, Counter>,
+    /// Browsers currently connected to `/events`.
+    pub live_clients: Gauge,
+    registry: Arc<Registry>,
+}
+
+impl PortalMetrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("hyperpage_portal");
+        let metrics = Self {
+            requests: Family::default(),
+            watch_events: Family::default(),
+            relists: Family::default(),
+            watch_errors: Family::default(),
+            live_clients: Gauge::default(),
+            registry: Arc::new(Registry::default()),
+        };
+        registry.register("requests", "HTTP requests served, by route", metrics.requests.clone());
+        registry.register("watch_events", "Watch events received from the API server, by kind", metrics.watch_events.clone());
+        registry.register("relists", "LIST requests made by the watchers (start and re-lists), by kind", metrics.relists.clone());
+        registry.register("watch_errors", "Watch failures, retried with backoff, by kind", metrics.watch_errors.clone());
+        registry.register("live_clients", "Browsers connected to /events", metrics.live_clients.clone());
+        let info = Family::<Labels, Gauge>::default();
+        info.get_or_create(&label("version", crate::VERSION)).set(1);
+        registry.register("build_info", "The running version", info);
+        Self { registry: Arc::new(registry), ..metrics }
+    }
+}
+
+/// The portal's view: caches of its Workspace and the namespace's bindings, and a change
+/// signal the watchers bump after each event.
 #[derive(Clone)]
 pub struct PortalState {
     pub namespace: String,
     pub workspace: String,
     pub workspaces: Store<Workspace>,
     pub bindings: Store<ToolBinding>,
-    requests: Counter,
-    registry: Arc<Registry>,
+    pub metrics: PortalMetrics,
+    changes: Arc<watch::Sender<u64>>,
+    bindings_synced: Arc<AtomicBool>,
 }
 
 impl PortalState {
     pub fn new(namespace: String, workspace: String, workspaces: Store<Workspace>, bindings: Store<ToolBinding>) -> Self {
-        let mut registry = Registry::with_prefix("hyperpage_portal");
-        let requests = Counter::default();
-        registry.register("requests", "HTTP requests served", requests.clone());
-        Self { namespace, workspace, workspaces, bindings, requests, registry: Arc::new(registry) }
+        Self {
+            namespace,
+            workspace,
+            workspaces,
+            bindings,
+            metrics: PortalMetrics::new(),
+            changes: Arc::new(watch::channel(0).0),
+            bindings_synced: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub fn workspace(&self) -> Option<Arc<Workspace>> {
@@ -56,63 +126,223 @@ impl PortalState {
     pub fn bindings(&self) -> Vec<Arc<ToolBinding>> {
         crate::operator::workspace::bindings_of(&self.bindings.state(), &self.namespace, &self.workspace)
     }
+
+    /// Tells open `/events` streams that the cache changed.
+    pub fn notify(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn dashboard(&self) -> String {
+        page::render_dashboard(self.workspace().as_deref(), &self.workspace, &self.namespace, &self.bindings(), jiff::Timestamp::now())
+    }
+
+    fn count(&self, route: &str) {
+        self.metrics.requests.get_or_create(&label("route", route)).inc();
+    }
 }
 
 pub fn router(state: PortalState, api_only: bool) -> Router {
     let mut app = Router::new()
         .route("/api/v1/workspace", get(api_workspace))
         .route("/api/v1/toolbindings", get(api_bindings))
+        .route("/api/v1/openapi.json", get(api_openapi))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     if !api_only {
-        app = app.route("/", get(index));
+        app = app
+            .route("/", get(index))
+            .route("/fragment", get(fragment))
+            .route("/events", get(events))
+            .route("/assets/portal.js", get(|| async { asset("text/javascript; charset=utf-8", page::SCRIPT) }))
+            .route("/assets/portal.css", get(|| async { asset("text/css; charset=utf-8", page::STYLE) }))
+            .route("/assets/favicon.svg", get(|| async { asset("image/svg+xml", page::FAVICON) }));
     }
-    app.with_state(state)
+    app.with_state(state).layer(axum::middleware::map_response(security_headers))
+}
+
+/// Every response: the strict CSP and friends; nothing is cached unless the route says so.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(page::CONTENT_SECURITY_POLICY));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    headers.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=300")], body).into_response()
 }
 
 async fn api_workspace(State(state): State<PortalState>) -> Response {
-    state.requests.inc();
+    state.count("api_workspace");
     match state.workspace() {
         Some(ws) => Json(ws.as_ref().clone()).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": "workspace not found"}))).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": format!("workspace {} not found in namespace {}", state.workspace, state.namespace)})),
+        )
+            .into_response(),
     }
 }
 
 async fn api_bindings(State(state): State<PortalState>) -> Response {
-    state.requests.inc();
+    state.count("api_toolbindings");
     let items: Vec<ToolBinding> = state.bindings().iter().map(|b| b.as_ref().clone()).collect();
     Json(serde_json::json!({ "items": items })).into_response()
 }
 
+/// An OpenAPI 3.1 description of the JSON API, with the schemas taken from the CRDs
+/// themselves so it cannot drift from them.
+pub fn openapi() -> &'static serde_json::Value {
+    static DOC: LazyLock<serde_json::Value> = LazyLock::new(|| {
+        let schema = |crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition| {
+            crd.spec
+                .versions
+                .first()
+                .and_then(|v| v.schema.as_ref()?.open_api_v3_schema.as_ref())
+                .map(|s| serde_json::to_value(s).unwrap_or_default())
+        };
+        let json = |description: &str, reference: serde_json::Value| serde_json::json!({"description": description, "content": {"application/json": {"schema": reference}}});
+        let error = serde_json::json!({"type": "object", "properties": {"error": {"type": "string"}}});
+        serde_json::json!({
+            "openapi": "3.1.0",
+            "info": {
+                "title": "Hyperpage portal API",
+                "version": crate::VERSION,
+                "description": "Read-only view of one Workspace and its ToolBindings, answered from the portal's watch cache (never one API-server call per request). Objects are the Kubernetes objects without managedFields."
+            },
+            "paths": {
+                "/api/v1/workspace": {"get": {"summary": "The portal's Workspace (spec and status)", "responses": {
+                    "200": json("The Workspace", serde_json::json!({"$ref": "#/components/schemas/Workspace"})),
+                    "404": json("The Workspace is not in the cache (deleted, or not readable)", error)
+                }}},
+                "/api/v1/toolbindings": {"get": {"summary": "The ToolBindings that reference the Workspace, sorted by name", "responses": {
+                    "200": json("The bindings", serde_json::json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/ToolBinding"}}}}))
+                }}},
+                "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+                "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
+                "/readyz": {"get": {"summary": "Readiness: the Workspace and the bindings are in the cache", "responses": {"200": {"description": "ok"}, "503": {"description": "not yet"}}}},
+                "/metrics": {"get": {"summary": "OpenMetrics (hyperpage_portal_*)", "responses": {"200": {"description": "metrics"}}}}
+            },
+            "components": {"schemas": {"Workspace": schema(Workspace::crd()), "ToolBinding": schema(ToolBinding::crd())}}
+        })
+    });
+    &DOC
+}
+
+async fn api_openapi(State(state): State<PortalState>) -> Response {
+    state.count("api_openapi");
+    Json(openapi()).into_response()
+}
+
 async fn readyz(State(state): State<PortalState>) -> Response {
-    if state.workspace().is_some() {
-        (StatusCode::OK, "ok").into_response()
-    } else {
+    if state.workspace().is_none() {
         (StatusCode::SERVICE_UNAVAILABLE, "workspace not in cache yet").into_response()
+    } else if !state.bindings_synced.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "toolbindings not listed yet").into_response()
+    } else {
+        (StatusCode::OK, "ok").into_response()
     }
 }
 
 async fn metrics(State(state): State<PortalState>) -> Response {
     let mut out = String::new();
-    if prometheus_client::encoding::text::encode(&mut out, &state.registry).is_err() {
+    if prometheus_client::encoding::text::encode(&mut out, &state.metrics.registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }
 
 async fn index(State(state): State<PortalState>) -> Response {
-    state.requests.inc();
-    let html = page::render(state.workspace().as_deref(), &state.workspace, &state.bindings());
-    (
-        [
-            (header::CONTENT_SECURITY_POLICY, page::CONTENT_SECURITY_POLICY),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
-        ],
-        Html(html),
-    )
+    state.count("page");
+    Html(page::render(state.workspace().as_deref(), &state.workspace, &state.namespace, &state.bindings(), jiff::Timestamp::now()))
         .into_response()
+}
+
+async fn fragment(State(state): State<PortalState>) -> Response {
+    state.count("fragment");
+    Html(state.dashboard()).into_response()
+}
+
+/// Counts a connected browser for as long as its stream lives.
+struct LiveClient(Gauge);
+
+impl Drop for LiveClient {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Server-sent events: the dashboard fragment at once, then whenever it changes.
+async fn events(State(state): State<PortalState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    state.count("events");
+    state.metrics.live_clients.inc();
+    let client = LiveClient(state.metrics.live_clients.clone());
+    let changes = state.changes.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.reset();
+    let start = (state, changes, tick, None::<String>, true, client);
+    let stream = futures::stream::unfold(start, |(state, mut changes, mut tick, mut last, mut first, client)| async move {
+        loop {
+            if !first {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                        // Coalesce a burst of watch events into one update.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        changes.borrow_and_update();
+                    }
+                    _ = tick.tick() => {}
+                }
+            }
+            first = false;
+            let html = state.dashboard();
+            if last.as_deref() != Some(html.as_str()) {
+                let event = Event::default().event("dashboard").data(&html);
+                last = Some(html);
+                return Some((Ok(event), (state, changes, tick, last, first, client)));
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Drops what the portal never shows, so the cache stays small.
+fn trim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Records a watch event in the metrics and wakes the `/events` streams.
+fn observe<K>(state: &PortalState, kind: &str, event: &Result<watcher::Event<K>, watcher::Error>) {
+    match event {
+        Ok(e) => {
+            state.metrics.watch_events.get_or_create(&label("kind", kind)).inc();
+            match e {
+                watcher::Event::Init => {
+                    state.metrics.relists.get_or_create(&label("kind", kind)).inc();
+                }
+                watcher::Event::InitApply(_) => return,
+                watcher::Event::InitDone if kind == "toolbinding" => state.bindings_synced.store(true, Ordering::Relaxed),
+                _ => {}
+            }
+            state.notify();
+        }
+        Err(error) => {
+            state.metrics.watch_errors.get_or_create(&label("kind", kind)).inc();
+            tracing::warn!(%error, kind, "watch failed; retrying");
+        }
+    }
 }
 
 /// Watches and serves until the process ends.
@@ -121,33 +351,44 @@ pub async fn run(client: Client, config: PortalConfig) -> Result<(), Box<dyn std
     let (bindings, tb_writer) = reflector::store();
     let ws_api: Api<Workspace> = Api::namespaced(client.clone(), &config.namespace);
     let tb_api: Api<ToolBinding> = Api::namespaced(client, &config.namespace);
+    let state = PortalState::new(config.namespace.clone(), config.workspace.clone(), workspaces, bindings);
+
+    let ws_state = state.clone();
     let ws_watch = watcher(ws_api, watcher::Config::default().fields(&format!("metadata.name={}", config.workspace)))
         .default_backoff()
-        .modify(|o: &mut Workspace| o.managed_fields_mut().clear())
+        .modify(trim::<Workspace>)
         .reflect(ws_writer)
-        .for_each(|e| {
-            if let Err(error) = e {
-                tracing::warn!(%error, "workspace watch failed; retrying");
-            }
+        .for_each(move |e| {
+            observe(&ws_state, "workspace", &e);
             std::future::ready(())
         });
-    let tb_watch = watcher(tb_api, watcher::Config::default())
-        .default_backoff()
-        .modify(|o: &mut ToolBinding| o.managed_fields_mut().clear())
-        .reflect(tb_writer)
-        .for_each(|e| {
-            if let Err(error) = e {
-                tracing::warn!(%error, "toolbinding watch failed; retrying");
-            }
+    let tb_state = state.clone();
+    let tb_watch =
+        watcher(tb_api, watcher::Config::default()).default_backoff().modify(trim::<ToolBinding>).reflect(tb_writer).for_each(move |e| {
+            observe(&tb_state, "toolbinding", &e);
             std::future::ready(())
         });
-    let state = PortalState::new(config.namespace.clone(), config.workspace.clone(), workspaces, bindings);
+
     let app = router(state, config.api_only);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(address = %config.listen, namespace = %config.namespace, workspace = %config.workspace, api_only = config.api_only, "portal listening");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+    };
+    // No graceful drain: `/events` streams never end by themselves, and every request is
+    // answered from memory, so there is nothing to finish.
     tokio::select! {
         result = axum::serve(listener, app) => result?,
         _ = futures::future::join(ws_watch, tb_watch) => {}
+        _ = shutdown => {}
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
