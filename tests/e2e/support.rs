@@ -268,3 +268,41 @@ pub fn kubectl(args: &[&str]) -> String {
     assert!(output.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap()
 }
+
+impl Operator {
+    /// Like `start`, but talking to the cluster through `kubeconfig` (e.g. a ServiceAccount
+    /// token) instead of the suite's admin credentials.
+    pub fn start_with_kubeconfig(options: OperatorOptions<'_>, kubeconfig: &Path) -> Self {
+        let admin_port = free_port();
+        let logs = repo().join("artifacts/e2e-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = logs.join(format!("{}.log", options.identity));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hyperpage"));
+        command
+            .args(["operator", "--admin-address", &format!("127.0.0.1:{admin_port}")])
+            .args(["--identity", options.identity, "--lease-name", options.lease_name, "--lease-namespace", LEASE_NAMESPACE])
+            .args(["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "1s"])
+            .args(["--portal-image", "ghcr.io/hyperpage-dev/hyperpage:e2e"])
+            .args(options.extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,hyperpage=debug")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        let child = command.spawn().expect("the hyperpage binary starts");
+        Self { identity: options.identity.to_string(), admin_port, log, child: Some(child) }
+    }
+}
+
+/// Runs helm (the one the harness put on PATH).
+pub fn helm_output(args: &[&str]) -> std::process::Output {
+    Command::new("helm").args(args).output().expect("helm on PATH")
+}
+
+/// Runs helm and returns stdout, failing the test when helm fails.
+pub fn helm(args: &[&str]) -> String {
+    let output = helm_output(args);
+    assert!(output.status.success(), "helm {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
