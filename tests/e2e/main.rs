@@ -2,6 +2,7 @@
 //! or any cluster KUBECONFIG points at). Ignored by a plain `cargo test`; `make e2e` runs it.
 
 mod portal;
+mod chart;
 mod support;
 
 use hyperpage::api::conditions::{self, CREDENTIALS_VALID, PROGRESSING, READY};

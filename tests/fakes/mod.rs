@@ -21,7 +21,10 @@ pub enum Mode {
     /// 401: a revoked or wrong token.
     Unauthorized,
     /// 403 or 429 with `Retry-After: secs` (GitHub secondary limit, Jira, GitLab).
-    RetryAfter { status: u16, seconds: u64 },
+    RetryAfter {
+        status: u16,
+        seconds: u64,
+    },
     /// 403 without Retry-After: GitHub's "You have exceeded a secondary rate limit".
     SecondaryWithoutRetryAfter,
     /// 502 Bad Gateway.
@@ -123,11 +126,8 @@ impl Shared {
     pub async fn answer(&self, uri: &Uri, headers: &HeaderMap, body: Option<Value>, next: Option<String>) -> Response<Body> {
         let mode = self.mode.lock().unwrap().clone();
         let if_none_match = headers.get("if-none-match").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let authorization = headers
-            .get("authorization")
-            .or_else(|| headers.get("private-token"))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let authorization =
+            headers.get("authorization").or_else(|| headers.get("private-token")).and_then(|v| v.to_str().ok()).map(str::to_string);
         if let Mode::Slow(delay) = &mode {
             tokio::time::sleep(*delay).await;
         }

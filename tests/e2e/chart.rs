@@ -1,0 +1,552 @@
+//! The Helm chart (`charts/hyperpage-operator`): it lints and renders with several value
+//! sets into manifests the API server accepts, installs, upgrades and uninstalls, and its
+//! RBAC is enough for the operator to do its whole job — and grants nothing the README's
+//! table does not justify.
+
+use crate::support::*;
+use hyperpage::api::conditions::{self, CREDENTIALS_VALID, READY};
+use hyperpage::api::{ToolBinding, Workspace};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const ROLLOUT: Duration = Duration::from_secs(120);
+
+/// Every metric the operator and its aggregation engine export; alerts and the dashboard
+/// may use no other.
+const METRICS: &[&str] = &[
+    "hyperpage_reconcile_total",
+    "hyperpage_reconcile_errors_total",
+    "hyperpage_reconcile_duration_seconds",
+    "hyperpage_api_writes_total",
+    "hyperpage_leader",
+    "hyperpage_leader_transitions_total",
+    "hyperpage_build_info",
+    "hyperpage_upstream_requests_total",
+    "hyperpage_ratelimit_remaining",
+    "hyperpage_ratelimit_limit",
+    "hyperpage_poll_duration_seconds",
+    "hyperpage_cache_requests_total",
+    "hyperpage_redis_fallback",
+    "hyperpage_toolbinding_degraded",
+];
+
+/// Value sets rendered, linted and dry-run applied.
+const VALUE_SETS: &[(&str, &[&str])] = &[
+    ("defaults", &[]),
+    ("redis-deployed", &["--set", "redis.deploy=true"]),
+    ("redis-secret", &["--set", "redis.existingSecret=hyperpage-redis,redis.existingSecretKey=url"]),
+    ("monitoring", &["--set", "serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true,redis.deploy=true"]),
+    ("one-replica", &["--set", "replicaCount=1,leaderElection.enabled=false"]),
+];
+
+fn chart_dir() -> String {
+    repo().join("charts/hyperpage-operator").to_string_lossy().into_owned()
+}
+
+async fn wait_established(client: &Client, names: &[&str]) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in names {
+        wait_for(&format!("CRD {name} to be Established"), Duration::from_secs(30), || async {
+            let crd = crds.get(name).await.ok()?;
+            crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+        })
+        .await;
+    }
+}
+
+fn find<'a>(objects: &'a [DynamicObject], kind: &str, name: &str) -> Option<&'a DynamicObject> {
+    objects.iter().find(|o| o.types.as_ref().is_some_and(|t| t.kind == kind) && o.name_any() == name)
+}
+
+fn kinds(objects: &[DynamicObject]) -> BTreeSet<String> {
+    objects.iter().filter_map(|o| o.types.as_ref().map(|t| t.kind.clone())).collect()
+}
+
+/// The operator container's env as name -> (value or "secret:NAME/KEY" or "field:PATH").
+fn operator_env(deployment: &DynamicObject) -> BTreeMap<String, String> {
+    let container = &deployment.data["spec"]["template"]["spec"]["containers"][0];
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let from = &e["valueFrom"];
+            let value = if let Some(v) = e["value"].as_str() {
+                v.to_string()
+            } else if from["secretKeyRef"].is_object() {
+                format!("secret:{}/{}", from["secretKeyRef"]["name"].as_str().unwrap(), from["secretKeyRef"]["key"].as_str().unwrap())
+            } else {
+                format!("field:{}", from["fieldRef"]["fieldPath"].as_str().unwrap_or_default())
+            };
+            (e["name"].as_str().unwrap().to_string(), value)
+        })
+        .collect()
+}
+
+/// `hyperpage_*` names used in a PromQL text (histogram suffixes folded into the family).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("hyperpage_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let name = &text[start..end];
+        let name = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        names.insert(name.to_string());
+        i = end;
+    }
+    names
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make e2e"]
+async fn the_chart_lints_and_renders_manifests_the_api_server_accepts() {
+    let _serial = serial().await;
+    let client = client().await;
+    install_crds(&client).await;
+    apply_file(&client, "", &repo().join("tests/e2e/fixtures/monitoring-crds.yaml")).await;
+    wait_established(&client, &["servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com"]).await;
+    let ns = TestNamespace::create(&client, "e2e-chart-render").await;
+    let chart = chart_dir();
+
+    for (set, values) in VALUE_SETS {
+        let mut lint = vec!["lint", "--strict", chart.as_str()];
+        lint.extend_from_slice(values);
+        let output = helm_output(&lint);
+        assert!(
+            output.status.success(),
+            "helm lint ({set}): {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+
+        let mut template = vec!["template", "hp", chart.as_str(), "--namespace", &ns.name, "--include-crds"];
+        template.extend_from_slice(values);
+        let rendered = helm(&template);
+        let objects = documents(&rendered);
+        // Every manifest, CRDs included, through the API server's validation and admission.
+        for object in &objects {
+            let kind = object.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();
+            if let Err(error) = apply(&client, &ns.name, std::slice::from_ref(object), true).await {
+                panic!("value set {set}: the API server refused {kind} {}: {error}", object.name_any());
+            }
+        }
+        let kinds = kinds(&objects);
+        for kind in ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"] {
+            assert!(kinds.contains(kind), "value set {set} renders a {kind}: {kinds:?}");
+        }
+
+        let deployment = find(&objects, "Deployment", "hp-hyperpage-operator").expect("the operator Deployment");
+        let pod = &deployment.data["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let image = container["image"].as_str().unwrap();
+        assert_eq!(image, "ghcr.io/hyperpage-dev/hyperpage:0.1.0", "tag defaults to appVersion");
+        assert_eq!(env!("CARGO_PKG_VERSION"), "0.1.0", "Chart.yaml's appVersion follows Cargo.toml");
+        let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert!(args.contains(&format!("--portal-image={image}").as_str()), "portals run the chart's image: {args:?}");
+        let env = operator_env(deployment);
+        assert_eq!(env["POD_NAME"], "field:metadata.name");
+        assert_eq!(env["POD_NAMESPACE"], "field:metadata.namespace");
+        assert_eq!(env["HYPERPAGE_ALLOW_PRIVATE_CIDRS"], "");
+        assert_eq!(env["HYPERPAGE_ALLOW_INSECURE_HTTP"], "false");
+        let security = &container["securityContext"];
+        assert_eq!(security["readOnlyRootFilesystem"], true);
+        assert_eq!(security["allowPrivilegeEscalation"], false);
+        assert_eq!(security["capabilities"]["drop"][0], "ALL");
+        assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(container["ports"][0]["containerPort"], 9090);
+        let service = find(&objects, "Service", "hp-hyperpage-operator-metrics").expect("the metrics Service");
+        assert_eq!(service.data["spec"]["ports"][0]["name"], "metrics");
+        assert_eq!(service.data["spec"]["ports"][0]["port"], 9090);
+
+        let replicas = deployment.data["spec"]["replicas"].as_i64().unwrap();
+        match *set {
+            "one-replica" => {
+                assert_eq!(replicas, 1);
+                assert!(args.contains(&"--leader-elect=false"));
+                assert!(!kinds.contains("PodDisruptionBudget"), "no PDB for a single replica");
+                assert!(!kinds.contains("Role"), "no Lease Role without leader election");
+            }
+            _ => {
+                assert_eq!(replicas, 2);
+                assert!(args.contains(&"--leader-elect=true"));
+                assert!(kinds.contains("PodDisruptionBudget") && kinds.contains("Role") && kinds.contains("RoleBinding"));
+                let anti = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+                assert_eq!(anti["podAffinityTerm"]["topologyKey"], "kubernetes.io/hostname");
+            }
+        }
+        match *set {
+            "redis-deployed" | "monitoring" => {
+                assert_eq!(env["HYPERPAGE_REDIS_URL"], "redis://hp-redis:6379");
+                let redis = find(&objects, "Deployment", "hp-redis").expect("the Redis Deployment");
+                assert_eq!(redis.data["spec"]["template"]["spec"]["containers"][0]["image"], "redis:7-alpine");
+                assert!(find(&objects, "Service", "hp-redis").is_some());
+            }
+            "redis-secret" => {
+                assert_eq!(env["HYPERPAGE_REDIS_URL"], "secret:hyperpage-redis/url");
+                assert!(find(&objects, "Deployment", "hp-redis").is_none());
+            }
+            _ => assert!(!env.contains_key("HYPERPAGE_REDIS_URL"), "no Redis unless asked for"),
+        }
+        if *set == "monitoring" {
+            let monitor = find(&objects, "ServiceMonitor", "hp-hyperpage-operator").expect("a ServiceMonitor");
+            assert_eq!(monitor.data["spec"]["endpoints"][0]["port"], "metrics");
+            let rule = find(&objects, "PrometheusRule", "hp-hyperpage-operator").expect("a PrometheusRule");
+            let rules = rule.data["spec"]["groups"][0]["rules"].as_array().unwrap();
+            let alert = |name: &str| rules.iter().find(|r| r["alert"] == name).unwrap_or_else(|| panic!("alert {name}"));
+            assert_eq!(alert("HyperpageNoLeader")["expr"], "max(hyperpage_leader) < 1");
+            assert_eq!(alert("HyperpageNoLeader")["for"], "5m");
+            assert!(alert("HyperpageReconcileErrors")["expr"].as_str().unwrap().contains("rate(hyperpage_reconcile_errors_total[10m])"));
+            assert_eq!(alert("HyperpageReconcileErrors")["for"], "15m");
+            for name in ["HyperpageToolBindingDegraded", "HyperpageRateLimitNearlyExhausted", "HyperpageRedisFallback"] {
+                alert(name);
+            }
+            let dashboard = find(&objects, "ConfigMap", "hp-hyperpage-operator-dashboard").expect("the Grafana dashboard");
+            assert_eq!(dashboard.metadata.labels.as_ref().unwrap()["grafana_dashboard"], "1");
+            let json: serde_json::Value =
+                serde_json::from_str(dashboard.data["data"]["hyperpage-operator.json"].as_str().unwrap()).expect("dashboard JSON");
+            assert!(json["panels"].as_array().unwrap().len() >= 10);
+            // Alerts and panels use only metrics that exist.
+            let mut used = metric_names(&serde_json::to_string(&rule.data["spec"]).unwrap());
+            used.extend(metric_names(&json.to_string()));
+            let unknown: Vec<_> = used.iter().filter(|m| !METRICS.contains(&m.as_str())).collect();
+            assert!(unknown.is_empty(), "alerts or dashboard use unknown metrics: {unknown:?}");
+            let unused: Vec<_> = METRICS.iter().filter(|m| !used.contains(**m)).collect();
+            assert!(unused.is_empty(), "the dashboard shows every metric; missing: {unused:?}");
+        } else {
+            assert!(!kinds.contains("ServiceMonitor") && !kinds.contains("PrometheusRule"), "monitoring is off by default");
+        }
+
+        // Every RBAC rule carries a comment saying why it is needed.
+        let rbac = helm(&[&["template", "hp", chart.as_str(), "--namespace", &ns.name, "-s", "templates/rbac.yaml"][..], values].concat());
+        let lines: Vec<&str> = rbac.lines().collect();
+        let mut rules = 0;
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim_start().starts_with("- apiGroups:") {
+                rules += 1;
+                assert!(i > 0 && lines[i - 1].trim_start().starts_with('#'), "value set {set}: RBAC rule without a comment: {line}");
+            }
+        }
+        assert!(rules >= 8, "{rules} rules rendered");
+    }
+
+    // Mistakes are refused at install time, with a message.
+    for (args, message) in [
+        (&["--set", "replicaCount=2,leaderElection.enabled=false"][..], "needs replicaCount=1"),
+        (&["--set", "redis.deploy=true,redis.existingSecret=x"][..], "not both"),
+        (&["--set", "replicas=3"][..], "additional properties 'replicas' not allowed"),
+        (&["--set", "operator.allowPrivateCidrs=10.0.0.0"][..], "allowPrivateCidrs"),
+    ] {
+        let output = helm_output(&[&["template", "hp", chart.as_str()][..], args].concat());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(message), "{args:?} refused with {message:?}: {stderr}");
+    }
+}
+
+/// Uninstalls a release when dropped, so a failing test does not leave it behind.
+struct Release {
+    name: String,
+    namespace: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = Command::new("helm").args(["uninstall", &self.name, "-n", &self.namespace, "--wait", "--timeout", "60s"]).output();
+    }
+}
+
+async fn available(deployments: &Api<Deployment>, name: &str, replicas: i32) {
+    wait_for(&format!("Deployment {name} to have {replicas} available replicas"), ROLLOUT, || async {
+        let d = deployments.get(name).await.ok()?;
+        let status = d.status?;
+        let current = status.observed_generation == d.metadata.generation;
+        (current && status.available_replicas == Some(replicas) && status.updated_replicas == Some(replicas)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make e2e"]
+async fn helm_installs_upgrades_and_uninstalls_the_chart() {
+    let _serial = serial().await;
+    let client = client().await;
+    let chart = chart_dir();
+    // Start without the CRDs, so the install proves the chart brings them.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in ["workspaces.hyperpage.dev", "toolbindings.hyperpage.dev"] {
+        let _ = crds.delete(name, &DeleteParams::default()).await;
+    }
+    wait_for("the CRDs to be deleted", Duration::from_secs(60), || async {
+        let left =
+            crds.list(&Default::default()).await.ok()?.items.into_iter().filter(|c| c.name_any().ends_with(".hyperpage.dev")).count();
+        (left == 0).then_some(())
+    })
+    .await;
+
+    // The operator's pods must pass the "restricted" Pod Security Standard to be created.
+    let ns = TestNamespace::create(&client, "e2e-chart-install").await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let label = serde_json::json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}});
+    namespaces.patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
+    let release = Release { name: "hpi".into(), namespace: ns.name.clone() };
+
+    let started = Instant::now();
+    helm(&["install", &release.name, &chart, "-n", &ns.name, "--wait", "--timeout", "120s"]);
+    let install_time = started.elapsed();
+    wait_established(&client, &["workspaces.hyperpage.dev", "toolbindings.hyperpage.dev"]).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    available(&deployments, "hpi-hyperpage-operator", 2).await;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
+    assert!(pdbs.get_opt("hpi-hyperpage-operator").await.unwrap().is_some());
+    let status = helm(&["status", &release.name, "-n", &ns.name]);
+    assert!(status.contains("STATUS: deployed") && status.contains("kubectl get workspaces"), "{status}");
+
+    // Upgrade with changed values: more replicas, a Redis, debug logs, monitoring off still.
+    let started = Instant::now();
+    helm(&[
+        "upgrade",
+        &release.name,
+        &chart,
+        "-n",
+        &ns.name,
+        "--wait",
+        "--timeout",
+        "120s",
+        "--set",
+        "replicaCount=3,redis.deploy=true,operator.logLevel=debug",
+    ]);
+    let upgrade_time = started.elapsed();
+    available(&deployments, "hpi-hyperpage-operator", 3).await;
+    available(&deployments, "hpi-redis", 1).await;
+    let deployment = deployments.get("hpi-hyperpage-operator").await.unwrap();
+    let env = deployment.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+    let value = |name: &str| env.iter().find(|e| e.name == name).and_then(|e| e.value.clone());
+    assert_eq!(value("RUST_LOG").as_deref(), Some("debug"));
+    assert_eq!(value("HYPERPAGE_REDIS_URL").as_deref(), Some("redis://hpi-redis:6379"));
+    let history = helm(&["history", &release.name, "-n", &ns.name]);
+    assert_eq!(history.lines().count(), 3, "two revisions: {history}");
+
+    let started = Instant::now();
+    helm(&["uninstall", &release.name, "-n", &ns.name, "--wait", "--timeout", "60s"]);
+    let uninstall_time = started.elapsed();
+    assert!(deployments.get_opt("hpi-hyperpage-operator").await.unwrap().is_none());
+    assert!(deployments.get_opt("hpi-redis").await.unwrap().is_none());
+    assert!(Api::<ServiceAccount>::namespaced(client.clone(), &ns.name).get_opt("hpi-hyperpage-operator").await.unwrap().is_none());
+    assert!(Api::<ClusterRole>::all(client.clone()).get_opt("hpi-hyperpage-operator").await.unwrap().is_none());
+    // Helm keeps CRDs (and so every Workspace) on uninstall.
+    assert!(crds.get_opt("workspaces.hyperpage.dev").await.unwrap().is_some(), "CRDs stay after uninstall");
+    eprintln!("helm install {install_time:?}, upgrade {upgrade_time:?}, uninstall {uninstall_time:?}");
+}
+
+/// A (resource, verb) pair.
+type Grant = (String, String);
+
+/// (resource, verb) pairs `kubectl auth can-i --list` reports for `user` in `namespace`,
+/// and the non-resource URLs.
+fn can_i(user: &str, namespace: &str) -> (BTreeSet<Grant>, BTreeSet<String>) {
+    let table = kubectl(&["auth", "can-i", "--list", &format!("--as={user}"), "-n", namespace]);
+    let mut resources = BTreeSet::new();
+    let mut urls = BTreeSet::new();
+    for line in table.lines().skip(1) {
+        let Some(first_bracket) = line.find('[') else { continue };
+        let resource = line[..first_bracket].trim().to_string();
+        let groups: Vec<&str> = line.split('[').skip(1).map(|g| g.split(']').next().unwrap()).collect();
+        let (nonresource, verbs) = (groups[0], groups[groups.len() - 1]);
+        for verb in verbs.split_whitespace() {
+            if resource.is_empty() {
+                for url in nonresource.split_whitespace() {
+                    urls.insert(format!("{verb} {url}"));
+                }
+            } else {
+                resources.insert((resource.clone(), verb.to_string()));
+            }
+        }
+    }
+    (resources, urls)
+}
+
+/// The README's RBAC table: (resource, verb) -> where ("cluster" or "release namespace"),
+/// and which rows are optional (granted only with a value set).
+fn readme_rbac() -> (BTreeMap<Grant, String>, BTreeSet<Grant>) {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme.split("## Install with Helm").nth(1).expect("README has ## Install with Helm");
+    let section = section.split("\n## ").next().unwrap();
+    let section = section.split("### What the operator may do, and why").nth(1).expect("the RBAC table's heading");
+    let ticked = |cell: &str| -> Vec<String> { cell.split('`').skip(1).step_by(2).map(str::to_string).collect() };
+    let mut justified = BTreeMap::new();
+    let mut optional = BTreeSet::new();
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (resources, verbs, scope, why) = (ticked(cells[1]), ticked(cells[2]), cells[3], cells[4]);
+        assert!(why.len() > 20, "every RBAC row says why: {line}");
+        for resource in &resources {
+            for verb in &verbs {
+                justified.insert((resource.clone(), verb.clone()), scope.to_string());
+                if scope.contains("only with") {
+                    optional.insert((resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    assert!(justified.len() > 10, "the README's RBAC table was found: {justified:?}");
+    (justified, optional)
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make e2e"]
+async fn the_charts_service_account_runs_the_operator_and_can_do_nothing_else() {
+    let _serial = serial().await;
+    let client = client().await;
+    install_crds(&client).await;
+    ensure_namespace(&client, LEASE_NAMESPACE).await;
+    let chart = chart_dir();
+    let lease = "e2e-chart-rbac";
+    let release = Release { name: "hpr".into(), namespace: LEASE_NAMESPACE.into() };
+    let _ = Command::new("helm").args(["uninstall", &release.name, "-n", LEASE_NAMESPACE, "--wait"]).output();
+    helm(&[
+        "install",
+        &release.name,
+        &chart,
+        "-n",
+        LEASE_NAMESPACE,
+        "--wait",
+        "--timeout",
+        "120s",
+        "--set",
+        &format!("leaderElection.leaseName={lease}"),
+    ]);
+    let account = "hpr-hyperpage-operator";
+    let user = format!("system:serviceaccount:{LEASE_NAMESPACE}:{account}");
+
+    // A kubeconfig holding only a token for the chart's ServiceAccount.
+    let token = kubectl(&["create", "token", account, "-n", LEASE_NAMESPACE, "--duration=1h"]);
+    let admin: serde_json::Value = serde_json::from_str(&kubectl(&["config", "view", "--raw", "--minify", "-o", "json"])).unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let ca = match cluster["certificate-authority-data"].as_str() {
+        Some(data) => format!("certificate-authority-data: {data}"),
+        None => format!("certificate-authority: {}", cluster["certificate-authority"].as_str().expect("a cluster CA")),
+    };
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {}\n    {ca}\nusers:\n- name: {account}\n  user:\n    token: {}\ncontexts:\n- name: e2e\n  context:\n    cluster: e2e\n    user: {account}\n    namespace: {LEASE_NAMESPACE}\ncurrent-context: e2e\n",
+        cluster["server"].as_str().unwrap(),
+        token.trim()
+    );
+    let dir = repo().join("artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path: PathBuf = dir.join("e2e-chart-sa.kubeconfig");
+    std::fs::write(&path, kubeconfig).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    let ns = TestNamespace::create(&client, "e2e-chart-rbac").await;
+    let operator = Operator::start_with_kubeconfig(OperatorOptions { identity: "chart-sa", lease_name: lease, extra: &[] }, &path);
+    for file in ["secret-template.yaml", "workspace.yaml", "toolbinding-github.yaml", "toolbinding-gitlab.yaml", "toolbinding-jira.yaml"] {
+        apply_file(&client, &ns.name, &repo().join("examples").join(file)).await;
+    }
+
+    // The whole job, as the ServiceAccount: children applied, Workspace Ready, bindings
+    // validated (the Secret GET), statuses and Events written, the Lease held.
+    let workspaces: Api<Workspace> = Api::namespaced(client.clone(), &ns.name);
+    wait_for("Workspace payments Ready with 3 ready tools", ROLLOUT, || async {
+        let ws = workspaces.get("payments").await.ok()?;
+        let status = ws.status.as_ref()?;
+        let tools = status.tools.as_ref()?;
+        (conditions::is_true(&status.conditions, READY) && tools.ready == 3).then_some(())
+    })
+    .await;
+    let bindings: Api<ToolBinding> = Api::namespaced(client.clone(), &ns.name);
+    for binding in bindings.list(&Default::default()).await.unwrap() {
+        let conditions = binding.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        assert!(conditions::is_true(&conditions, CREDENTIALS_VALID) && conditions::is_true(&conditions, READY), "{}", binding.name_any());
+    }
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let events = wait_for("Events from the operator", Duration::from_secs(30), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let ours: Vec<Event> = list.items.into_iter().filter(|e| e.reporting_controller.as_deref() == Some("hyperpage-operator")).collect();
+        let kinds: BTreeSet<String> = ours.iter().filter_map(|e| e.regarding.as_ref()?.kind.clone()).collect();
+        (kinds.contains("Workspace") && kinds.contains("ToolBinding")).then_some(ours)
+    })
+    .await;
+    assert!(events.iter().any(|e| e.reason.as_deref() == Some("SecretFound")));
+    let holder = kubectl(&["get", "lease", lease, "-n", LEASE_NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}"]);
+    assert_eq!(holder, "chart-sa");
+
+    // Deletes too: scaling to one replica removes the PDB; an Ingress comes and goes.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns.name);
+    let patch = serde_json::json!({"spec": {"portal": {"replicas": 1, "ingress": {"host": "portal.payments.example.com"}}}});
+    workspaces.patch("payments", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_for("the PDB to be deleted and the Ingress created", ROLLOUT, || async {
+        let gone = pdbs.get_opt("payments-portal").await.ok()?.is_none();
+        let ingress = ingresses.get_opt("payments-portal").await.ok()?.is_some();
+        (gone && ingress).then_some(())
+    })
+    .await;
+    let patch = serde_json::json!({"spec": {"portal": {"ingress": null}}});
+    workspaces.patch("payments", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_for("the Ingress to be deleted", ROLLOUT, || async { ingresses.get_opt("payments-portal").await.ok()?.is_none().then_some(()) })
+        .await;
+
+    let log = std::fs::read_to_string(&operator.log).unwrap();
+    assert!(!log.to_lowercase().contains("forbidden"), "the ServiceAccount was refused something:\n{}", operator.log_tail());
+    let errors: f64 = operator
+        .metrics()
+        .await
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("hyperpage_reconcile_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(errors, 0.0, "no reconcile failed:\n{}", operator.log_tail());
+    drop(operator);
+
+    // Everything the account may do is in the README's table, and the table is true.
+    let nobody = format!("system:serviceaccount:{LEASE_NAMESPACE}:e2e-nobody");
+    let (justified, optional) = readme_rbac();
+    let mut unjustified = Vec::new();
+    let mut granted = BTreeSet::new();
+    for namespace in [ns.name.as_str(), LEASE_NAMESPACE] {
+        let (base, base_urls) = can_i(&nobody, namespace);
+        let (mine, urls) = can_i(&user, namespace);
+        let extra_urls: Vec<_> = urls.difference(&base_urls).collect();
+        assert!(extra_urls.is_empty(), "non-resource URLs beyond every account's: {extra_urls:?}");
+        for pair in mine.difference(&base) {
+            granted.insert(pair.clone());
+            let scope = justified.get(pair);
+            let ok = match scope {
+                Some(scope) if namespace == LEASE_NAMESPACE => scope.contains("cluster") || scope.contains("release namespace"),
+                Some(scope) => scope.contains("cluster"),
+                None => false,
+            };
+            if !ok {
+                unjustified.push(format!("{} {} in {namespace}", pair.1, pair.0));
+            }
+        }
+        let listing: Vec<String> = mine.difference(&base).map(|(r, v)| format!("{v} {r}")).collect();
+        eprintln!("{user} in {namespace}:\n  {}", listing.join("\n  "));
+    }
+    assert!(unjustified.is_empty(), "the chart grants what the README does not justify: {unjustified:?}");
+    let unused: Vec<_> = justified.keys().filter(|k| !granted.contains(*k) && !optional.contains(*k)).collect();
+    assert!(unused.is_empty(), "the README justifies grants the chart does not make: {unused:?}");
+    // The Lease grant is namespaced: nothing on leases outside the release namespace.
+    let (elsewhere, _) = can_i(&user, &ns.name);
+    assert!(!elsewhere.iter().any(|(r, _)| r.starts_with("leases")), "{elsewhere:?}");
+    drop(release);
+}
