@@ -1,8 +1,8 @@
 //! End-to-end suite against a real API server (the local control plane from `e2e/cluster.sh`,
 //! or any cluster KUBECONFIG points at). Ignored by a plain `cargo test`; `make e2e` runs it.
 
-mod portal;
 mod chart;
+mod portal;
 mod support;
 
 use hyperpage::api::conditions::{self, CREDENTIALS_VALID, PROGRESSING, READY};

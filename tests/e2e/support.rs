@@ -294,6 +294,138 @@ impl Portal {
         let logs = repo().join("artifacts/e2e-logs");
         std::fs::create_dir_all(&logs).unwrap();
         let log = logs.join(format!("portal-{namespace}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hyperpage"));
+        command
+            .args(["portal", "--namespace", namespace, "--workspace", workspace, "--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info,hyperpage=debug")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        if let Some(path) = kubeconfig {
+            command.env("KUBECONFIG", path);
+        }
+        let child = command.spawn().expect("the hyperpage binary starts");
+        Self { port, log, child: Some(child) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits until `/readyz` answers 200 (the Workspace and the bindings are cached).
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let port = self.port;
+        wait_for("the portal to be ready", timeout, || async move { http_get(port, "/readyz").await.map(|_| ()) }).await;
+    }
+
+    pub async fn get(&self, path: &str) -> Option<String> {
+        http_get(self.port, path).await
+    }
+
+    /// The value of a metric line that starts with `prefix`.
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let text = self.get("/metrics").await?;
+        text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Portal {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<_> = text.lines().collect();
+            let _ =
+                writeln!(std::io::stderr(), "--- last log lines of the portal ---\n{}", lines[lines.len().saturating_sub(40)..].join("\n"));
+        }
+    }
+}
+
+/// A kubeconfig file (removed when dropped) that authenticates as a ServiceAccount with a
+/// short-lived token from `kubectl create token`, with the server and CA of the suite's own
+/// kubeconfig. Kept out of artifacts/: it holds a credential.
+pub struct ServiceAccountKubeconfig {
+    pub path: PathBuf,
+}
+
+impl ServiceAccountKubeconfig {
+    pub fn create(namespace: &str, service_account: &str) -> Self {
+        let token = kubectl(&["create", "token", service_account, "-n", namespace, "--duration=10m"]);
+        let view = kubectl(&["config", "view", "--minify", "--raw", "-o", "json"]);
+        let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+        let cluster = &view["clusters"][0]["cluster"];
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "e2e", "cluster": cluster}],
+            "users": [{"name": service_account, "user": {"token": token.trim()}}],
+            "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": service_account, "namespace": namespace}}],
+            "current-context": "sa",
+        });
+        let path = std::env::temp_dir().join(format!("hyperpage-e2e-{namespace}-{service_account}.kubeconfig"));
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).unwrap();
+            file.write_all(serde_json::to_string(&config).unwrap().as_bytes()).unwrap();
+        }
+        Self { path }
+    }
+
+    /// `kubectl auth can-i` as this account: true for "yes", false for "no"; anything else
+    /// (a typo, an unreachable server) fails the test rather than passing as "no".
+    pub fn can_i(&self, args: &[&str]) -> bool {
+        let output = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.path)
+            .args(["auth", "can-i"])
+            .args(args)
+            .output()
+            .expect("kubectl on PATH");
+        match String::from_utf8_lossy(&output.stdout).trim() {
+            "yes" => true,
+            "no" => false,
+            other => panic!("kubectl auth can-i {args:?}: {other:?} {}", String::from_utf8_lossy(&output.stderr)),
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.path).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await.unwrap();
+        Client::try_from(config).unwrap()
+    }
+}
+
+impl Drop for ServiceAccountKubeconfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Audit events (JSON lines) written to the API server's audit log after byte `offset`, when
+/// the suite knows the log (HYPERPAGE_E2E_AUDIT_LOG, set by e2e/cluster.sh).
+pub fn audit_log_size() -> Option<u64> {
+    let path = std::env::var("HYPERPAGE_E2E_AUDIT_LOG").ok()?;
+    Some(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
+}
+
+pub fn audit_events_since(offset: u64) -> Vec<serde_json::Value> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(path) = std::env::var("HYPERPAGE_E2E_AUDIT_LOG") else { return Vec::new() };
+    let mut file = std::fs::File::open(path).unwrap();
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    let mut text = String::new();
+    file.read_to_string(&mut text).unwrap();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
 impl Operator {
     /// Like `start`, but talking to the cluster through `kubeconfig` (e.g. a ServiceAccount
     /// token) instead of the suite's admin credentials.
