@@ -1,0 +1,138 @@
+//! The engine's cache on a real Redis (Debian's redis-server, started here on a free port):
+//! a restarted operator starts warm, and a Redis outage falls back to memory and recovers.
+
+mod fakes;
+
+use fakes::github::{self, Github, Repo};
+use hyperpage::api::{Provider, ToolBindingSpec};
+use hyperpage::engine::cache::{Cache, CacheMetrics};
+use hyperpage::providers::http::{ClientConfig, UpstreamClient, UpstreamMetrics};
+use hyperpage::providers::safety::EndpointPolicy;
+use hyperpage::providers::{self, Budget, Credential, PollRequest};
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct RedisServer {
+    port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server; .ci/run installs it)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const TOKEN: &str = "ghp_redisTestToken";
+
+fn client(cache: Cache) -> UpstreamClient {
+    let policy = EndpointPolicy { allowed: vec!["127.0.0.0/8".parse().unwrap()], allow_http: true };
+    UpstreamClient::new(ClientConfig { policy, ..ClientConfig::default() }, cache, UpstreamMetrics::default())
+}
+
+fn repos() -> BTreeMap<String, Repo> {
+    let name = "acme/api";
+    let repo = Repo {
+        default_branch: "main".into(),
+        pulls: (1..=40).map(|n| github::pull(name, n, "change")).collect(),
+        issues: vec![github::issue(name, 100, "bug", false)],
+        runs: vec![github::run(1, 1, "build", "success", "2026-11-20T10:00:00Z")],
+    };
+    BTreeMap::from([(name.to_string(), repo)])
+}
+
+async fn poll(client: &UpstreamClient, fake: &Github) -> providers::Snapshot {
+    let spec: ToolBindingSpec = serde_norway::from_str(
+        "workspaceRef: {name: w}\nprovider: github\ncredentialsSecretRef: {name: s, key: k}\ngithub: {repositories: [acme/api]}\n",
+    )
+    .unwrap();
+    let credential = Credential::new(Provider::Github, TOKEN).unwrap();
+    let budget = Budget::new(None);
+    let request = PollRequest { spec: &spec, endpoint: url::Url::parse(&fake.url()).unwrap(), credential: &credential, reserve: 0, budget: &budget };
+    providers::poll(client, &request).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_restarted_operator_starts_warm_and_spends_no_quota() {
+    let redis = RedisServer::start();
+    let fake = Github::start(repos()).await;
+
+    let first = client(Cache::redis(&redis.url(), "test-warm", CacheMetrics::default()).unwrap());
+    let before = poll(&first, &fake).await;
+    assert!(fake.shared.requests().iter().all(|s| s.status == 200));
+    let quota_after_first = fake.shared.quota.lock().unwrap().remaining;
+    drop(first);
+
+    // A new process: empty memory, the same Redis.
+    fake.shared.clear();
+    let metrics = CacheMetrics::default();
+    let second = client(Cache::redis(&redis.url(), "test-warm", metrics.clone()).unwrap());
+    let after = poll(&second, &fake).await;
+    assert_eq!(before, after);
+    let seen = fake.shared.requests();
+    assert!(!seen.is_empty() && seen.iter().all(|s| s.status == 304), "only 304s after a restart: {seen:?}");
+    assert_eq!(fake.shared.quota.lock().unwrap().remaining, quota_after_first, "no quota spent");
+    let fingerprint = Credential::new(Provider::Github, TOKEN).unwrap().fingerprint;
+    assert_eq!(second.ledger.get(&fingerprint).and_then(|e| e.limit), Some(5000), "the ledger came from Redis too");
+}
+
+#[tokio::test]
+async fn a_redis_outage_falls_back_to_memory_and_recovers() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let fake = Github::start(repos()).await;
+    let metrics = CacheMetrics::default();
+    let cache = Cache::redis(&redis.url(), "test-outage", metrics.clone()).unwrap();
+    let client = client(cache.clone());
+    poll(&client, &fake).await;
+    assert!(!cache.in_fallback());
+
+    redis.stop();
+    fake.shared.clear();
+    let during = poll(&client, &fake).await;
+    assert_eq!(during.summary.code_reviews, 40, "polling goes on without Redis");
+    assert!(cache.in_fallback(), "the fallback is noticed");
+    assert_eq!(metrics.redis_fallback.get(), 1);
+    assert!(fake.shared.requests().iter().all(|s| s.status == 304), "the memory copy still serves ETags");
+
+    let _redis = RedisServer::start_on(port);
+    let watcher = tokio::spawn(cache.clone().watch_redis());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cache.in_fallback() {
+        assert!(tokio::time::Instant::now() < deadline, "reconnected to Redis");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metrics.redis_fallback.get(), 0);
+    watcher.abort();
+}
