@@ -79,7 +79,8 @@ async fn poll(client: &UpstreamClient, fake: &Github) -> providers::Snapshot {
     .unwrap();
     let credential = Credential::new(Provider::Github, TOKEN).unwrap();
     let budget = Budget::new(None);
-    let request = PollRequest { spec: &spec, endpoint: url::Url::parse(&fake.url()).unwrap(), credential: &credential, reserve: 0, budget: &budget };
+    let request =
+        PollRequest { spec: &spec, endpoint: url::Url::parse(&fake.url()).unwrap(), credential: &credential, reserve: 0, budget: &budget };
     providers::poll(client, &request).await.unwrap()
 }
 

@@ -119,12 +119,15 @@ impl Ledger {
         let mut entries = self.entries.lock().expect("ledger lock");
         let entry = entries.entry(credential.to_string()).or_default();
         entry.strikes = entry.strikes.saturating_add(1);
-        let wait = match observed.retry_after {
-            Some(wait) => wait,
-            None if observed.remaining == Some(0) && observed.reset_at.is_some_and(|r| r > now) => {
-                Duration::try_from(observed.reset_at.expect("checked").duration_since(now)).unwrap_or_default()
+        let wait = match (observed.retry_after, observed.remaining, observed.reset_at) {
+            (Some(wait), _, _) => wait,
+            // The primary quota is used up: wait for its reset, plus a second because reset
+            // headers are whole seconds and the upstream's clock may be a little behind.
+            (None, Some(0), Some(reset)) => {
+                entry.strikes = 0;
+                Duration::try_from(reset.duration_since(now)).unwrap_or_default() + Duration::from_secs(1)
             }
-            None => super::SECONDARY_LIMIT_WAIT * 2u32.saturating_pow(entry.strikes.saturating_sub(1).min(6)),
+            _ => super::SECONDARY_LIMIT_WAIT * 2u32.saturating_pow(entry.strikes.saturating_sub(1).min(6)),
         };
         let until = now.checked_add(SignedDuration::try_from(wait).unwrap_or(SignedDuration::from_secs(60))).unwrap_or(now);
         entry.blocked_until = Some(until);
@@ -195,6 +198,9 @@ mod tests {
         assert_eq!(second.blocked_until, Some(now().checked_add(SignedDuration::from_secs(120)).unwrap()));
         let told = ledger.block("tok", &Observed { retry_after: Some(Duration::from_secs(7)), ..Default::default() }, now());
         assert_eq!(told.blocked_until, Some(now().checked_add(SignedDuration::from_secs(7)).unwrap()), "Retry-After wins");
+        // An exhausted primary quota whose reset is (just) past: retry a second later, not in minutes.
+        let just_past = Observed { remaining: Some(0), reset_at: Some(now()), ..Default::default() };
+        assert_eq!(ledger.block("tok", &just_past, now()).blocked_until, Some(now().checked_add(SignedDuration::from_secs(1)).unwrap()));
         ledger.record("tok", &Observed::default(), true);
         assert_eq!(ledger.get("tok").unwrap().strikes, 0);
     }

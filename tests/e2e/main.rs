@@ -2,6 +2,7 @@
 //! or any cluster KUBECONFIG points at). Ignored by a plain `cargo test`; `make e2e` runs it.
 
 mod chart;
+mod engine;
 mod portal;
 mod support;
 
@@ -18,7 +19,7 @@ use support::*;
 
 const ROLLOUT: Duration = Duration::from_secs(90);
 
-async fn setup() -> Client {
+pub(crate) async fn setup() -> Client {
     let client = client().await;
     install_crds(&client).await;
     ensure_namespace(&client, LEASE_NAMESPACE).await;

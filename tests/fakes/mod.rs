@@ -132,6 +132,14 @@ impl Shared {
             tokio::time::sleep(*delay).await;
         }
         let mut out = HeaderMap::new();
+        {
+            // A new window once the reset time has passed, as the real APIs do.
+            let mut q = self.quota.lock().unwrap();
+            if jiff::Timestamp::now() >= q.reset {
+                q.remaining = q.limit;
+                q.reset = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+            }
+        }
         let expected = self.expected_auth.lock().unwrap().clone();
         let (status, payload): (u16, Vec<u8>) = if matches!(mode, Mode::Unauthorized)
             || expected.as_ref().is_some_and(|e| authorization.as_deref() != Some(e.as_str()))

@@ -1,0 +1,153 @@
+//! The aggregation engine end to end: bindings pointing at local fakes of the tools, the
+//! operator polling them, statuses and `kubectl get` filled, a pipeline turning red, an
+//! exhausted quota, and no token anywhere it does not belong.
+
+#[path = "../fakes/mod.rs"]
+mod fakes;
+
+use crate::support::*;
+use fakes::github::{self, Github, Repo};
+use hyperpage::api::conditions::{self, RATE_LIMITED, READY, SYNCED};
+use hyperpage::api::{ToolBinding, Workspace};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const TOKEN: &str = "ghp_e2eEngineTokenMustNeverAppear";
+/// One refresh interval (the schema's minimum) plus the 10% jitter and some slack.
+const ONE_INTERVAL: Duration = Duration::from_secs(45);
+
+fn repos() -> BTreeMap<String, Repo> {
+    let name = "acme/payments-api";
+    let repo = Repo {
+        default_branch: "main".into(),
+        pulls: (1..=4).map(|n| github::pull(name, n, &format!("Change {n}"))).collect(),
+        issues: vec![github::issue(name, 50, "Crash on refund", false), github::issue(name, 51, "Slow export", false)],
+        runs: vec![
+            github::run(1, 10, "build", "success", "2026-11-20T10:00:00Z"),
+            github::run(2, 20, "deploy", "success", "2026-11-20T11:00:00Z"),
+        ],
+    };
+    BTreeMap::from([(name.to_string(), repo)])
+}
+
+fn condition(binding: &ToolBinding, type_: &str) -> Option<(String, String)> {
+    binding.status.as_ref().and_then(|s| conditions::find(&s.conditions, type_)).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make e2e"]
+async fn the_engine_fills_statuses_follows_changes_and_respects_the_quota() {
+    let _serial = serial().await;
+    let client = crate::setup().await;
+    let ns = TestNamespace::create(&client, "e2e-engine").await;
+    let fake = Github::start(repos()).await;
+    *fake.shared.expected_auth.lock().unwrap() = Some(format!("Bearer {TOKEN}"));
+    let operator = Operator::start(OperatorOptions {
+        identity: "engine",
+        lease_name: "e2e-engine",
+        extra: &["--polling=true", "--allow-private-cidrs=127.0.0.0/8", "--allow-insecure-http=true"],
+    });
+
+    apply_yaml(
+        &client,
+        &ns.name,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: github-token}}\nstringData: {{token: {TOKEN}}}\n---\n\
+             apiVersion: hyperpage.dev/v1alpha1\nkind: Workspace\nmetadata: {{name: payments}}\nspec: {{refreshInterval: 30s, portal: {{replicas: 1}}}}\n---\n\
+             apiVersion: hyperpage.dev/v1alpha1\nkind: ToolBinding\nmetadata: {{name: github}}\nspec:\n  workspaceRef: {{name: payments}}\n  provider: github\n  \
+             endpoint: {}\n  credentialsSecretRef: {{name: github-token, key: token}}\n  github: {{repositories: [acme/payments-api]}}\n  rateLimit: {{minRemaining: 0}}\n",
+            fake.url()
+        ),
+    )
+    .await;
+
+    let bindings: Api<ToolBinding> = Api::namespaced(client.clone(), &ns.name);
+    let workspaces: Api<Workspace> = Api::namespaced(client.clone(), &ns.name);
+    let binding = wait_for("the GitHub binding to sync", Duration::from_secs(60), || async {
+        let b = bindings.get("github").await.ok()?;
+        (condition(&b, SYNCED)? == ("True".into(), "Synced".into())).then_some(b)
+    })
+    .await;
+    let status = binding.status.clone().unwrap();
+    let summary = status.summary.clone().unwrap();
+    assert_eq!((summary.code_reviews, summary.tickets, summary.pipelines, summary.failing_pipelines), (4, 2, 2, 0));
+    assert_eq!(status.items.unwrap().code_reviews.len(), 4);
+    assert_eq!(status.rate_limit.unwrap().limit, Some(5000));
+    assert!(fake.shared.requests().iter().all(|s| !s.path.starts_with("/search")));
+
+    wait_for("the workspace roll-up", Duration::from_secs(30), || async {
+        let s = workspaces.get("payments").await.ok()?.status?.summary?;
+        (s.open_pull_requests == 4 && s.open_issues == 2).then_some(())
+    })
+    .await;
+    let table = kubectl(&["get", "workspaces", "-n", &ns.name]);
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    // NAME READY TOOLS PRS FAILING ISSUES LAST-SYNC AGE
+    assert_eq!(&row[3..6], ["4", "0", "2"], "{table}");
+
+    // A pipeline turns red upstream.
+    fake.repos.lock().unwrap().get_mut("acme/payments-api").unwrap().runs.push(github::run(
+        3,
+        10,
+        "build",
+        "failure",
+        "2026-11-22T10:00:00Z",
+    ));
+    let started = std::time::Instant::now();
+    wait_for("the red pipeline within one interval", ONE_INTERVAL, || async {
+        let s = workspaces.get("payments").await.ok()?.status?.summary?;
+        (s.failing_pipelines == 1).then_some(())
+    })
+    .await;
+    eprintln!("red pipeline visible after {:?}", started.elapsed());
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    wait_for("a PipelineFailing event", Duration::from_secs(10), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.iter().any(|e| e.reason.as_deref() == Some("PipelineFailing")).then_some(())
+    })
+    .await;
+
+    // Unchanged data: the next polls are all 304 and write no status.
+    let before = bindings.get("github").await.unwrap().metadata.resource_version;
+    fake.shared.clear();
+    wait_for("a poll of unchanged data", ONE_INTERVAL, || async { (!fake.shared.requests().is_empty()).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(fake.shared.requests().iter().all(|s| s.status == 304), "conditional requests only");
+    assert_eq!(bindings.get("github").await.unwrap().metadata.resource_version, before, "a 304 causes no status write");
+
+    // The quota runs out: RateLimited=True, then polling resumes after the reset.
+    fake.repos.lock().unwrap().get_mut("acme/payments-api").unwrap().pulls.push(github::pull("acme/payments-api", 5, "Change 5"));
+    fake.shared.set_quota(0, Duration::from_secs(40));
+    wait_for("RateLimited=True", ONE_INTERVAL, || async {
+        let b = bindings.get("github").await.ok()?;
+        (condition(&b, RATE_LIMITED)?.0 == "True").then_some(())
+    })
+    .await;
+    let limited = bindings.get("github").await.unwrap();
+    assert_eq!(condition(&limited, READY).unwrap(), ("True".into(), "WaitingForQuota".into()), "kept data, waiting");
+    wait_for("polling to resume after the reset", Duration::from_secs(90), || async {
+        let b = bindings.get("github").await.ok()?;
+        let resumed = condition(&b, RATE_LIMITED)?.0 == "False" && b.status?.summary?.code_reviews == 5;
+        resumed.then_some(())
+    })
+    .await;
+
+    // The token appears nowhere: status, Events, logs, metrics.
+    let mut haystack = String::new();
+    for b in bindings.list(&ListParams::default()).await.unwrap() {
+        haystack += &serde_json::to_string(&b.status).unwrap();
+    }
+    haystack += &serde_json::to_string(&workspaces.get("payments").await.unwrap().status).unwrap();
+    for e in events.list(&ListParams::default()).await.unwrap() {
+        haystack += &format!("{:?} {:?}", e.reason, e.message);
+    }
+    haystack += &operator.metrics().await.unwrap();
+    haystack += &std::fs::read_to_string(&operator.log).unwrap();
+    use base64::Engine as _;
+    for needle in [TOKEN.to_string(), base64::engine::general_purpose::STANDARD.encode(TOKEN)] {
+        assert!(!haystack.contains(&needle), "the token leaked");
+    }
+    assert!(haystack.contains("hyperpage_upstream_requests_total"), "the scan covered the metrics");
+}
