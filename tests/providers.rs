@@ -2,8 +2,8 @@
 
 mod fakes;
 
-use fakes::github::{self, Github, Repo};
 use fakes::Mode;
+use fakes::github::{self, Github, Repo};
 use hyperpage::api::ToolBindingSpec;
 use hyperpage::engine::cache::{Cache, CacheMetrics};
 use hyperpage::providers::http::{ClientConfig, UpstreamClient, UpstreamMetrics};
@@ -31,7 +31,11 @@ fn repo() -> BTreeMap<String, Repo> {
     let name = "acme/api";
     let mut pulls: Vec<_> = (1..=130).map(|n| github::pull(name, n, &format!("PR {n}"))).collect();
     pulls[0]["title"] = "<script>alert('x')</script>".into();
-    let issues = vec![github::issue(name, 200, "Bug", false), github::issue(name, 201, "Also a bug", false), github::issue(name, 7, "PR in disguise", true)];
+    let issues = vec![
+        github::issue(name, 200, "Bug", false),
+        github::issue(name, 201, "Also a bug", false),
+        github::issue(name, 7, "PR in disguise", true),
+    ];
     let runs = vec![
         github::run(1, 10, "build", "success", "2026-11-20T10:00:00Z"),
         github::run(2, 10, "build", "failure", "2026-11-21T10:00:00Z"),
@@ -44,7 +48,8 @@ async fn poll(client: &UpstreamClient, fake: &Github, reserve: i64) -> Result<pr
     let spec = github_spec();
     let credential = Credential::new(spec.provider, TOKEN).unwrap();
     let budget = Budget::new(None);
-    let request = PollRequest { spec: &spec, endpoint: url::Url::parse(&fake.url()).unwrap(), credential: &credential, reserve, budget: &budget };
+    let request =
+        PollRequest { spec: &spec, endpoint: url::Url::parse(&fake.url()).unwrap(), credential: &credential, reserve, budget: &budget };
     providers::poll(client, &request).await
 }
 
@@ -76,7 +81,10 @@ async fn unchanged_data_comes_back_as_free_304s() {
     assert!(!seen.is_empty());
     assert!(seen.iter().all(|s| s.if_none_match.is_some() && s.status == 304), "conditional requests: {seen:?}");
     assert_eq!(fake.shared.quota.lock().unwrap().remaining, remaining, "a 304 costs no quota");
-    assert_eq!(client.ledger.get(&Credential::new(hyperpage::api::Provider::Github, TOKEN).unwrap().fingerprint).unwrap().remaining, Some(remaining));
+    assert_eq!(
+        client.ledger.get(&Credential::new(hyperpage::api::Provider::Github, TOKEN).unwrap().fingerprint).unwrap().remaining,
+        Some(remaining)
+    );
 }
 
 #[tokio::test]

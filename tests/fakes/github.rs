@@ -73,7 +73,16 @@ impl Github {
                             (Some(v), n)
                         }
                         (Some(repo), ["actions", "runs"]) => {
-                            let runs: Vec<Value> = repo.runs.iter().filter(|r| uri.query().unwrap_or_default().contains(&format!("branch={}", r["head_branch"].as_str().unwrap_or_default()))).cloned().collect();
+                            let runs: Vec<Value> = repo
+                                .runs
+                                .iter()
+                                .filter(|r| {
+                                    uri.query()
+                                        .unwrap_or_default()
+                                        .contains(&format!("branch={}", r["head_branch"].as_str().unwrap_or_default()))
+                                })
+                                .cloned()
+                                .collect();
                             (Some(json!({"total_count": runs.len(), "workflow_runs": runs})), None)
                         }
                         _ => (None, None),
