@@ -11,13 +11,18 @@ pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<
     let base = request.endpoint.as_str().trim_end_matches('/');
     let mut snapshot = Snapshot::default();
     for job in &spec.jobs {
-        // folder/job -> /job/folder/job/job
-        let path: String = job
-            .split('/')
-            .map(|part| format!("/job/{}", url::form_urlencoded::byte_serialize(part.as_bytes()).collect::<String>()))
-            .collect();
-        let mut url = url::Url::parse(&format!("{base}{path}/api/json"))
-            .map_err(|_| ProviderError::Config(format!("cannot build a URL for job {job}")))?;
+        // folder/job -> /job/folder/job/job, each name percent-encoded as a path segment (a
+        // space is %20: form encoding's '+' would reach Jenkins as a literal '+').
+        let invalid = || ProviderError::Config(format!("cannot build a URL for job {job}"));
+        let mut url = url::Url::parse(base).map_err(|_| invalid())?;
+        {
+            let mut segments = url.path_segments_mut().map_err(|_| invalid())?;
+            segments.pop_if_empty();
+            for part in job.split('/') {
+                segments.push("job").push(part);
+            }
+            segments.push("api").push("json");
+        }
         url.query_pairs_mut().append_pair("tree", TREE);
         let fetched = client
             .get_json(&Request {

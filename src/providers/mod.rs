@@ -208,7 +208,9 @@ pub(crate) fn time(value: &serde_json::Value) -> Option<k8s_openapi::apimachiner
 pub(crate) fn item(id: String, title: &str, url: &str, state: Option<&str>, author: Option<&str>, updated: &serde_json::Value) -> Item {
     let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
     Item {
-        id: clip(&id, 64),
+        // Long enough for a sha512 digest and for a 255-character GitLab path or Jenkins job
+        // with its number: a clipped id is a different (and possibly shared) id.
+        id: clip(&id, 320),
         title: clip(title, 256),
         url: clip(url, 2048),
         state: state.map(|s| clip(s, 64)),

@@ -6,11 +6,16 @@
 #![allow(dead_code)]
 
 pub mod github;
+pub mod gitlab;
+pub mod harbor;
+pub mod jenkins;
+pub mod jira;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, Uri};
 use serde_json::Value;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +62,19 @@ pub struct Seen {
     pub if_none_match: Option<String>,
     pub authorization: Option<String>,
     pub status: u16,
+    /// Every request header, for assertions on names the fields above do not cover.
+    pub headers: HeaderMap,
+}
+
+impl Seen {
+    /// A query parameter, decoded as a form would be ('+' is a space).
+    pub fn param(&self, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(self.query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 #[derive(Debug)]
@@ -73,6 +91,9 @@ pub struct Shared {
     pub seen: Mutex<Vec<Seen>>,
     /// The token the fake accepts (compared with the Authorization / PRIVATE-TOKEN header).
     pub expected_auth: Mutex<Option<String>>,
+    /// Whether 200 answers carry an ETag (and 304 on a match). GitHub and GitLab do; Jira's
+    /// search, Jenkins' JSON API and Harbor do not.
+    pub etags: AtomicBool,
 }
 
 impl Shared {
@@ -83,7 +104,16 @@ impl Shared {
             quota: Mutex::new(Quota { limit: 5000, remaining: 5000, reset: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1) }),
             seen: Mutex::new(Vec::new()),
             expected_auth: Mutex::new(None),
+            etags: AtomicBool::new(true),
         })
+    }
+
+    pub fn set_etags(&self, on: bool) {
+        self.etags.store(on, Ordering::SeqCst);
+    }
+
+    pub fn expect_auth(&self, value: &str) {
+        *self.expected_auth.lock().unwrap() = Some(value.to_string());
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -124,6 +154,18 @@ impl Shared {
     /// Answers one request for a resource whose current representation is `body` (with an
     /// optional `next` page URL), applying mode, quota, ETag and recording.
     pub async fn answer(&self, uri: &Uri, headers: &HeaderMap, body: Option<Value>, next: Option<String>) -> Response<Body> {
+        self.answer_with(uri, headers, body, next, HeaderMap::new()).await
+    }
+
+    /// [`Shared::answer`] with extra headers on a successful answer (e.g. GitLab's `X-Total`).
+    pub async fn answer_with(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Option<Value>,
+        next: Option<String>,
+        extra: HeaderMap,
+    ) -> Response<Body> {
         let mode = self.mode.lock().unwrap().clone();
         let if_none_match = headers.get("if-none-match").and_then(|v| v.to_str().ok()).map(str::to_string);
         let authorization =
@@ -155,6 +197,11 @@ impl Shared {
         } else if self.quota.lock().unwrap().remaining <= 0 && self.dialect != Dialect::None {
             self.rate_headers(&mut out);
             let status = if self.dialect == Dialect::Github { 403 } else { 429 };
+            if self.dialect != Dialect::Github {
+                // GitLab (Rack::Attack) and Jira send Retry-After with their 429s.
+                let wait = self.quota.lock().unwrap().reset.duration_since(jiff::Timestamp::now()).as_secs().max(1);
+                out.insert("retry-after", wait.into());
+            }
             (status, br#"{"message":"API rate limit exceeded"}"#.to_vec())
         } else {
             match body {
@@ -166,12 +213,20 @@ impl Shared {
                         _ => serde_json::to_vec(&value).unwrap(),
                     };
                     let etag = format!("W/\"{:x}\"", fnv(&text));
-                    out.insert("etag", HeaderValue::from_str(&etag).unwrap());
+                    let etags = self.etags.load(Ordering::SeqCst);
+                    if etags {
+                        out.insert("etag", HeaderValue::from_str(&etag).unwrap());
+                    }
                     if let Some(next) = &next {
                         out.insert("link", HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")).unwrap());
                     }
-                    if if_none_match.as_deref() == Some(etag.as_str()) {
+                    out.extend(extra);
+                    if etags && if_none_match.as_deref() == Some(etag.as_str()) {
                         // A conditional hit: no body, and (documented for GitHub) no quota spent.
+                        // GitLab's throttles count every request, 304s included.
+                        if self.dialect != Dialect::Github {
+                            self.quota.lock().unwrap().remaining -= 1;
+                        }
                         (304, Vec::new())
                     } else {
                         self.quota.lock().unwrap().remaining -= 1;
@@ -189,6 +244,7 @@ impl Shared {
             if_none_match,
             authorization,
             status,
+            headers: headers.clone(),
         });
         let mut response = Response::builder().status(StatusCode::from_u16(status).unwrap());
         *response.headers_mut().unwrap() = out;
@@ -229,9 +285,15 @@ impl Drop for Server {
 
 /// `page` and `per_page` (GitHub, GitLab) applied to a list, with the next page's URL.
 pub fn paginate(items: &[Value], uri: &Uri, base: &str) -> (Value, Option<String>) {
+    paginate_by(items, uri, base, "per_page", 30)
+}
+
+/// Pagination with `size_param` (`per_page`, Harbor's `page_size`) defaulting to `default`,
+/// at most 100. An empty `base` gives a relative next link (Harbor sends those).
+pub fn paginate_by(items: &[Value], uri: &Uri, base: &str, size_param: &str, default: usize) -> (Value, Option<String>) {
     let query: Vec<(String, String)> = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
     let get = |k: &str| query.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.parse::<usize>().ok());
-    let per_page = get("per_page").unwrap_or(30).min(100);
+    let per_page = get(size_param).unwrap_or(default).clamp(1, 100);
     let page = get("page").unwrap_or(1).max(1);
     let start = (page - 1) * per_page;
     let slice: Vec<Value> = items.iter().skip(start).take(per_page).cloned().collect();
@@ -242,4 +304,28 @@ pub fn paginate(items: &[Value], uri: &Uri, base: &str) -> (Value, Option<String
         format!("{base}{}?{q}", uri.path())
     });
     (Value::Array(slice), next)
+}
+
+/// Decodes `%XX` escapes once, as a path router does ('+' stays '+').
+pub fn pct_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(byte) = segment.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One query parameter of a request URI, form-decoded.
+pub fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
