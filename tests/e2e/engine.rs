@@ -7,6 +7,8 @@ mod fakes;
 
 use crate::support::*;
 use fakes::github::{self, Github, Repo};
+use fakes::gitlab::{self, Gitlab, Project};
+use fakes::jira::{self, Jira};
 use hyperpage::api::conditions::{self, RATE_LIMITED, READY, SYNCED};
 use hyperpage::api::{ToolBinding, Workspace};
 use k8s_openapi::api::core::v1::Event;
@@ -15,6 +17,26 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 const TOKEN: &str = "ghp_e2eEngineTokenMustNeverAppear";
+const GITLAB_TOKEN: &str = "glpat-e2eEngineTokenMustNeverAppear";
+const JIRA_TOKEN: &str = "jira-pat-e2eEngineTokenMustNeverAppear";
+
+fn projects() -> BTreeMap<String, Project> {
+    let path = "payments/ledger";
+    let project = Project {
+        id: 42,
+        default_branch: "main".into(),
+        merge_requests: vec![gitlab::merge_request(path, 1, "Ledger rounding", "opened", false, "2026-11-20T10:00:00Z")],
+        issues: vec![gitlab::issue(path, 9, "Reconcile nightly", "opened", None, "2026-11-20T10:00:00Z")],
+        pipelines: vec![gitlab::pipeline(path, 700, "failed", "main", "2026-11-21T10:00:00Z")],
+    };
+    BTreeMap::from([(path.to_string(), project)])
+}
+
+fn tickets() -> Vec<serde_json::Value> {
+    (1..=5)
+        .map(|n| jira::issue(&format!("PAY-{n}"), &format!("Ticket {n}"), "To Do", Some("Ada"), "2026-11-20T10:15:30.000+0000"))
+        .collect()
+}
 /// One refresh interval (the schema's minimum) plus the 10% jitter and some slack.
 const ONE_INTERVAL: Duration = Duration::from_secs(45);
 
@@ -50,18 +72,29 @@ async fn the_engine_fills_statuses_follows_changes_and_respects_the_quota() {
         extra: &["--polling=true", "--allow-private-cidrs=127.0.0.0/8", "--allow-insecure-http=true"],
     });
 
-    apply_yaml(
-        &client,
-        &ns.name,
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: github-token}}\nstringData: {{token: {TOKEN}}}\n---\n\
-             apiVersion: hyperpage.dev/v1alpha1\nkind: Workspace\nmetadata: {{name: payments}}\nspec: {{refreshInterval: 30s, portal: {{replicas: 1}}}}\n---\n\
-             apiVersion: hyperpage.dev/v1alpha1\nkind: ToolBinding\nmetadata: {{name: github}}\nspec:\n  workspaceRef: {{name: payments}}\n  provider: github\n  \
-             endpoint: {}\n  credentialsSecretRef: {{name: github-token, key: token}}\n  github: {{repositories: [acme/payments-api]}}\n  rateLimit: {{minRemaining: 0}}\n",
-            fake.url()
-        ),
-    )
-    .await;
+    let gitlab_fake = Gitlab::start(projects()).await;
+    let jira_fake = Jira::start(tickets()).await;
+    let secret = |name: &str, token: &str| {
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData: {{token: {token}}}\n---\n")
+    };
+    let binding = |name: &str, provider: &str, endpoint: &str, block: &str| {
+        format!(
+            "apiVersion: hyperpage.dev/v1alpha1\nkind: ToolBinding\nmetadata: {{name: {name}}}\nspec:\n  workspaceRef: {{name: payments}}\n  \
+             provider: {provider}\n  endpoint: {endpoint}\n  credentialsSecretRef: {{name: {name}-token, key: token}}\n  {block}\n---\n"
+        )
+    };
+    let manifest = [
+        secret("github-token", TOKEN),
+        secret("gitlab-token", GITLAB_TOKEN),
+        secret("jira-token", JIRA_TOKEN),
+        "apiVersion: hyperpage.dev/v1alpha1\nkind: Workspace\nmetadata: {name: payments}\nspec: {refreshInterval: 30s, portal: {replicas: 1}}\n---\n"
+            .to_string(),
+        binding("github", "github", &fake.url(), "github: {repositories: [acme/payments-api]}\n  rateLimit: {minRemaining: 0}"),
+        binding("gitlab", "gitlab", &gitlab_fake.url(), "gitlab: {projects: [payments/ledger]}"),
+        binding("jira", "jira", &jira_fake.url(), "jira: {jql: project = PAY}"),
+    ]
+    .concat();
+    apply_yaml(&client, &ns.name, &manifest).await;
 
     let bindings: Api<ToolBinding> = Api::namespaced(client.clone(), &ns.name);
     let workspaces: Api<Workspace> = Api::namespaced(client.clone(), &ns.name);
@@ -77,15 +110,18 @@ async fn the_engine_fills_statuses_follows_changes_and_respects_the_quota() {
     assert_eq!(status.rate_limit.unwrap().limit, Some(5000));
     assert!(fake.shared.requests().iter().all(|s| !s.path.starts_with("/search")));
 
-    wait_for("the workspace roll-up", Duration::from_secs(30), || async {
+    // GitHub 4 PRs + GitLab 1 MR; GitLab's failed pipeline; 2 GitHub issues + 1 GitLab + 5 Jira.
+    wait_for("the roll-up of all three tools", Duration::from_secs(60), || async {
         let s = workspaces.get("payments").await.ok()?.status?.summary?;
-        (s.open_pull_requests == 4 && s.open_issues == 2).then_some(())
+        (s.open_pull_requests == 5 && s.failing_pipelines == 1 && s.open_issues == 8).then_some(())
     })
     .await;
     let table = kubectl(&["get", "workspaces", "-n", &ns.name]);
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     // NAME READY TOOLS PRS FAILING ISSUES LAST-SYNC AGE
-    assert_eq!(&row[3..6], ["4", "0", "2"], "{table}");
+    assert_eq!(&row[2..6], ["3", "5", "1", "8"], "{table}");
+    let jira_binding = bindings.get("jira").await.unwrap();
+    assert_eq!(jira_binding.status.unwrap().items.unwrap().tickets[0].url, format!("{}/browse/PAY-1", jira_fake.url()));
 
     // A pipeline turns red upstream.
     fake.repos.lock().unwrap().get_mut("acme/payments-api").unwrap().runs.push(github::run(
@@ -98,7 +134,7 @@ async fn the_engine_fills_statuses_follows_changes_and_respects_the_quota() {
     let started = std::time::Instant::now();
     wait_for("the red pipeline within one interval", ONE_INTERVAL, || async {
         let s = workspaces.get("payments").await.ok()?.status?.summary?;
-        (s.failing_pipelines == 1).then_some(())
+        (s.failing_pipelines == 2).then_some(())
     })
     .await;
     eprintln!("red pipeline visible after {:?}", started.elapsed());
@@ -146,8 +182,10 @@ async fn the_engine_fills_statuses_follows_changes_and_respects_the_quota() {
     haystack += &operator.metrics().await.unwrap();
     haystack += &std::fs::read_to_string(&operator.log).unwrap();
     use base64::Engine as _;
-    for needle in [TOKEN.to_string(), base64::engine::general_purpose::STANDARD.encode(TOKEN)] {
-        assert!(!haystack.contains(&needle), "the token leaked");
+    for token in [TOKEN, GITLAB_TOKEN, JIRA_TOKEN] {
+        for needle in [token.to_string(), base64::engine::general_purpose::STANDARD.encode(token)] {
+            assert!(!haystack.contains(&needle), "a token leaked");
+        }
     }
     assert!(haystack.contains("hyperpage_upstream_requests_total"), "the scan covered the metrics");
 }
