@@ -2,22 +2,16 @@
 
 mod fakes;
 
-use fakes::Mode;
 use fakes::github::{self, Github, Repo};
+use fakes::{Mode, loopback_client};
 use hyperpage::api::ToolBindingSpec;
 use hyperpage::engine::cache::{Cache, CacheMetrics};
 use hyperpage::providers::http::{ClientConfig, UpstreamClient, UpstreamMetrics};
-use hyperpage::providers::safety::EndpointPolicy;
 use hyperpage::providers::{self, Budget, Credential, PollRequest, ProviderError};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 const TOKEN: &str = "ghp_providerTestTokenNeverPrinted";
-
-pub fn loopback_client(config: ClientConfig, cache: Cache) -> UpstreamClient {
-    let policy = EndpointPolicy { allowed: vec!["127.0.0.0/8".parse().unwrap()], allow_http: true };
-    UpstreamClient::new(ClientConfig { policy, ..config }, cache, UpstreamMetrics::default())
-}
 
 fn spec(yaml: &str) -> ToolBindingSpec {
     serde_norway::from_str(yaml).unwrap()

@@ -10,19 +10,13 @@ use fakes::jira::{self, Jira};
 use fakes::{Mode, Shared};
 use hyperpage::api::ToolBindingSpec;
 use hyperpage::engine::cache::{Cache, CacheMetrics};
-use hyperpage::providers::http::{ClientConfig, UpstreamClient, UpstreamMetrics};
-use hyperpage::providers::safety::EndpointPolicy;
+use hyperpage::providers::http::{ClientConfig, UpstreamClient};
 use hyperpage::providers::{self, Budget, Credential, PollRequest, ProviderError, Snapshot};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 fn loopback_client() -> UpstreamClient {
-    let policy = EndpointPolicy { allowed: vec!["127.0.0.0/8".parse().unwrap()], allow_http: true };
-    UpstreamClient::new(
-        ClientConfig { policy, ..ClientConfig::default() },
-        Cache::memory(CacheMetrics::default()),
-        UpstreamMetrics::default(),
-    )
+    fakes::loopback_client(ClientConfig::default(), Cache::memory(CacheMetrics::default()))
 }
 
 fn spec(yaml: &str) -> ToolBindingSpec {

@@ -6,8 +6,7 @@ mod fakes;
 use fakes::github::{self, Github, Repo};
 use hyperpage::api::{Provider, ToolBindingSpec};
 use hyperpage::engine::cache::{Cache, CacheMetrics};
-use hyperpage::providers::http::{ClientConfig, UpstreamClient, UpstreamMetrics};
-use hyperpage::providers::safety::EndpointPolicy;
+use hyperpage::providers::http::{ClientConfig, UpstreamClient};
 use hyperpage::providers::{self, Budget, Credential, PollRequest};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -57,8 +56,7 @@ impl Drop for RedisServer {
 const TOKEN: &str = "ghp_redisTestToken";
 
 fn client(cache: Cache) -> UpstreamClient {
-    let policy = EndpointPolicy { allowed: vec!["127.0.0.0/8".parse().unwrap()], allow_http: true };
-    UpstreamClient::new(ClientConfig { policy, ..ClientConfig::default() }, cache, UpstreamMetrics::default())
+    fakes::loopback_client(ClientConfig::default(), cache)
 }
 
 fn repos() -> BTreeMap<String, Repo> {

@@ -329,3 +329,13 @@ pub fn pct_decode(segment: &str) -> String {
 pub fn query_param(uri: &Uri, name: &str) -> Option<String> {
     url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
+
+/// The engine's HTTP client as tests use it: allowed to call the fakes on loopback over http.
+pub fn loopback_client(
+    config: hyperpage::providers::http::ClientConfig,
+    cache: hyperpage::engine::cache::Cache,
+) -> hyperpage::providers::http::UpstreamClient {
+    let policy = hyperpage::providers::safety::EndpointPolicy { allowed: vec!["127.0.0.0/8".parse().unwrap()], allow_http: true };
+    let config = hyperpage::providers::http::ClientConfig { policy, ..config };
+    hyperpage::providers::http::UpstreamClient::new(config, cache, hyperpage::providers::http::UpstreamMetrics::default())
+}
