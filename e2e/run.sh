@@ -27,11 +27,16 @@ cat <<INFO
 
 Hyperpage operator is starting in the foreground (Ctrl-C stops it).
 In another terminal:
-$( $local_cluster && printf '    source %s/e2e/.run/env\n' "$PWD" )    kubectl get workspaces,toolbindings -n $NAMESPACE
+$( $local_cluster && printf '    source %s/e2e/.run/env' "$PWD" )
+    kubectl get workspaces,toolbindings -n $NAMESPACE
     kubectl describe workspace payments -n $NAMESPACE
     curl -s localhost:9090/metrics | grep ^hyperpage_
 $( $local_cluster && printf '\nThe local control plane keeps running; stop it with: make cluster-down\n' )
 INFO
 
+# The examples carry placeholder tokens for real SaaS endpoints, so the demo does not poll
+# unless asked: put real tokens into the Secrets and run with HYPERPAGE_POLLING=true.
+export HYPERPAGE_POLLING=${HYPERPAGE_POLLING:-false}
+echo "Polling the tools: $HYPERPAGE_POLLING (HYPERPAGE_POLLING=true to poll the endpoints in examples/)"
 export RUST_LOG=${RUST_LOG:-info}
 exec ./target/release/hyperpage operator --admin-address 127.0.0.1:9090 --lease-namespace "$NAMESPACE"
