@@ -182,7 +182,9 @@ impl Engine {
             tick.tick().await;
             let now = Instant::now();
             let fallback = self.cache.in_fallback();
-            for binding in bindings.state() {
+            let current = bindings.state();
+            self.forget_deleted(&current.iter().map(|b| ObjectRef::from_obj(b.as_ref())).collect());
+            for binding in current {
                 let key = ObjectRef::from_obj(binding.as_ref());
                 let Some(namespace) = binding.namespace() else { continue };
                 let workspace = workspaces.get(&ObjectRef::new(&binding.spec.workspace_ref.name).within(&namespace));
@@ -239,6 +241,13 @@ impl Engine {
             }
             was_fallback = fallback;
         }
+    }
+
+    /// Drops what the engine kept about bindings that no longer exist.
+    fn forget_deleted(&self, known: &HashSet<ObjectRef<ToolBinding>>) {
+        retain_known(&mut self.records.lock().expect("records lock"), known);
+        retain_known(&mut self.schedule.lock().expect("schedule lock"), known);
+        retain_known(&mut self.budgets.lock().expect("budgets lock"), known);
     }
 
     /// One poll: read the token, check the endpoint, ask the provider.
@@ -329,6 +338,10 @@ impl Engine {
     }
 }
 
+fn retain_known<V>(map: &mut HashMap<ObjectRef<ToolBinding>, V>, known: &HashSet<ObjectRef<ToolBinding>>) {
+    map.retain(|key, _| known.contains(key));
+}
+
 /// A binding whose Secret or Workspace is missing is reported by validation, not polled.
 fn validation_passed(binding: &ToolBinding) -> bool {
     let conditions = binding.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
@@ -345,5 +358,32 @@ fn warm_start_due(binding: &ToolBinding, interval: Duration, now: Instant) -> In
             now + interval.saturating_sub(age)
         }
         None => now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_of_deleted_bindings_is_dropped() {
+        let kept = ObjectRef::<ToolBinding>::new("github").within("team-a");
+        let gone = ObjectRef::<ToolBinding>::new("old").within("team-a");
+        let mut map = HashMap::from([(kept.clone(), 1), (gone.clone(), 2)]);
+        retain_known(&mut map, &HashSet::from([kept.clone()]));
+        assert_eq!(map.keys().collect::<Vec<_>>(), [&kept]);
+    }
+
+    #[test]
+    fn the_interval_comes_from_the_binding_then_the_workspace_then_the_default() {
+        let binding: ToolBinding = serde_norway::from_str(include_str!("../../tests/fixtures/toolbinding-github.yaml")).unwrap();
+        let mut workspace: Workspace = serde_norway::from_str(include_str!("../../tests/fixtures/workspace-basic.yaml")).unwrap();
+        assert_eq!(Engine::interval(&binding, Some(&workspace)), Duration::from_secs(300));
+        workspace.spec.refresh_interval = Some("2m".into());
+        assert_eq!(Engine::interval(&binding, Some(&workspace)), Duration::from_secs(120));
+        let mut own = binding.clone();
+        own.spec.refresh_interval = Some("45s".into());
+        assert_eq!(Engine::interval(&own, Some(&workspace)), Duration::from_secs(45));
+        assert_eq!(Engine::interval(&binding, None), DEFAULT_REFRESH_INTERVAL);
     }
 }
