@@ -200,6 +200,13 @@ fn converge_children(ws: &Workspace, ctx: &Context, caches: &mut Caches, availab
     seen(&mut caches.network_policies, c.network_policy);
 }
 
+/// The status the operator would write for what the caches hold now.
+fn status_as_observed(ws: &Workspace, ctx: &Context) -> crate::api::WorkspaceStatus {
+    let observed = workspace::observe(ws, ctx);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    workspace::compute_status(ws, observed.deployment.as_deref(), &observed.bindings, &now)
+}
+
 fn condition_in(body: &Value, type_: &str) -> (String, String) {
     let c = body["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap();
     (c["status"].as_str().unwrap().to_string(), c["reason"].as_str().unwrap().to_string())
@@ -241,9 +248,7 @@ async fn a_converged_workspace_costs_zero_writes_on_resync() {
     let (ctx, mut caches) = context(client, Fence::always_open());
     let mut ws = workspace_fixture();
     converge_children(&ws, &ctx, &mut caches, 1);
-    let observed = workspace::observe(&ws, &ctx);
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-    ws.status = Some(workspace::compute_status(&ws, observed.deployment.as_deref(), &observed.bindings, &now));
+    ws.status = Some(status_as_observed(&ws, &ctx));
     seen(&mut caches.workspaces, ws.clone());
 
     for _ in 0..3 {
@@ -259,9 +264,7 @@ async fn drift_in_a_child_is_repaired_with_one_apply() {
     let (ctx, mut caches) = context(client, Fence::always_open());
     let mut ws = workspace_fixture();
     converge_children(&ws, &ctx, &mut caches, 1);
-    let observed = workspace::observe(&ws, &ctx);
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-    ws.status = Some(workspace::compute_status(&ws, observed.deployment.as_deref(), &observed.bindings, &now));
+    ws.status = Some(status_as_observed(&ws, &ctx));
     // Someone edits the Service by hand.
     let mut service = children::build(&ws, &ctx.build).service;
     service.spec.as_mut().unwrap().type_ = Some("NodePort".into());
@@ -281,9 +284,7 @@ async fn an_available_deployment_makes_the_workspace_ready() {
     let mut ws = workspace_fixture();
     converge_children(&ws, &ctx, &mut caches, 0);
     // First pass: pods not ready yet.
-    let observed = workspace::observe(&ws, &ctx);
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-    ws.status = Some(workspace::compute_status(&ws, observed.deployment.as_deref(), &observed.bindings, &now));
+    ws.status = Some(status_as_observed(&ws, &ctx));
     assert!(!conditions::is_true(&ws.status.as_ref().unwrap().conditions, READY));
 
     // kubelet (kwok) marks the pod ready; the Deployment reports it.

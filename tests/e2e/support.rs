@@ -267,16 +267,24 @@ pub async fn http_get(port: u16, path: &str) -> Option<String> {
     head.starts_with("HTTP/1.0 200").then(|| body.to_string()).or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
 }
 
-/// Runs kubectl (the one the harness put on PATH).
-pub fn kubectl_output(args: &[&str]) -> std::process::Output {
-    Command::new("kubectl").args(args).output().expect("kubectl on PATH")
+/// Runs a tool the harness put on PATH (kubectl, helm).
+fn tool_output(tool: &str, args: &[&str]) -> std::process::Output {
+    Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool} on PATH: {e}"))
 }
 
-/// Runs kubectl and returns stdout, failing the test when kubectl fails.
-pub fn kubectl(args: &[&str]) -> String {
-    let output = kubectl_output(args);
-    assert!(output.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+/// Runs a tool and returns stdout, failing the test when the tool fails.
+fn tool(tool: &str, args: &[&str]) -> String {
+    let output = tool_output(tool, args);
+    assert!(output.status.success(), "{tool} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap()
+}
+
+pub fn kubectl_output(args: &[&str]) -> std::process::Output {
+    tool_output("kubectl", args)
+}
+
+pub fn kubectl(args: &[&str]) -> String {
+    tool("kubectl", args)
 }
 
 /// One `hyperpage portal` process on a free loopback port, killed when dropped. With
@@ -434,14 +442,10 @@ impl Operator {
     }
 }
 
-/// Runs helm (the one the harness put on PATH).
 pub fn helm_output(args: &[&str]) -> std::process::Output {
-    Command::new("helm").args(args).output().expect("helm on PATH")
+    tool_output("helm", args)
 }
 
-/// Runs helm and returns stdout, failing the test when helm fails.
 pub fn helm(args: &[&str]) -> String {
-    let output = helm_output(args);
-    assert!(output.status.success(), "helm {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
+    tool("helm", args)
 }
