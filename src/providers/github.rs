@@ -9,31 +9,24 @@ use std::collections::BTreeMap;
 
 const HEADERS: &[(&str, &str)] = &[("accept", "application/vnd.github+json"), ("x-github-api-version", "2022-11-28")];
 
-fn api(base: &url::Url, path: &str) -> Result<url::Url, ProviderError> {
+fn api(base: &url::Url, path: &str) -> url::Url {
     let mut url = base.clone();
     let joined = format!("{}/{}", base.path().trim_end_matches('/'), path.trim_start_matches('/'));
     url.set_path(&joined);
-    Ok(url)
+    url
 }
 
 pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<Snapshot, ProviderError> {
     let spec = request.spec.github.as_ref().ok_or_else(|| ProviderError::Config("spec.github is missing".into()))?;
     let mut snapshot = Snapshot::default();
     for repository in &spec.repositories {
-        let get = |path: String, query: &str| -> Result<Request<'_>, ProviderError> {
-            let mut url = api(&request.endpoint, &path)?;
+        let get = |path: String, query: &str| -> Request<'_> {
+            let mut url = api(&request.endpoint, &path);
             url.set_query(Some(query));
-            Ok(Request {
-                provider: "github",
-                url,
-                credential: request.credential,
-                reserve: request.reserve,
-                budget: request.budget,
-                extra_headers: HEADERS,
-            })
+            request.upstream(url, HEADERS)
         };
 
-        let (pages, _) = client.get_all(get(format!("repos/{repository}/pulls"), "state=open&per_page=100")?).await?;
+        let pages = client.get_all(get(format!("repos/{repository}/pulls"), "state=open&per_page=100")).await?;
         for pr in pages.iter().flat_map(as_array) {
             snapshot.summary.code_reviews += 1;
             let state = if pr["draft"].as_bool() == Some(true) { "draft" } else { "open" };
@@ -47,7 +40,7 @@ pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<
             ));
         }
 
-        let (pages, _) = client.get_all(get(format!("repos/{repository}/issues"), "state=open&per_page=100")?).await?;
+        let pages = client.get_all(get(format!("repos/{repository}/issues"), "state=open&per_page=100")).await?;
         for issue in pages.iter().flat_map(as_array).filter(|i| i.get("pull_request").is_none()) {
             snapshot.summary.tickets += 1;
             snapshot.items.tickets.push(item(
@@ -60,9 +53,9 @@ pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<
             ));
         }
 
-        let repo = client.get_json(&get(format!("repos/{repository}"), "")?).await?;
+        let repo = client.get_json(&get(format!("repos/{repository}"), "")).await?;
         let branch = repo.body["default_branch"].as_str().unwrap_or("main").to_string();
-        let runs = client.get_json(&get(format!("repos/{repository}/actions/runs"), &format!("branch={branch}&per_page=50"))?).await?;
+        let runs = client.get_json(&get(format!("repos/{repository}/actions/runs"), &format!("branch={branch}&per_page=50"))).await?;
         // The newest run of each workflow says whether that pipeline is red.
         let mut latest: BTreeMap<String, &Value> = BTreeMap::new();
         for run in runs.body["workflow_runs"].as_array().into_iter().flatten() {

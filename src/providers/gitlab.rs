@@ -19,17 +19,10 @@ pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<
         let get = |path: String| -> Result<Request<'_>, ProviderError> {
             let url = url::Url::parse(&format!("{base}/api/v4/projects/{id}{path}"))
                 .map_err(|_| ProviderError::Config(format!("cannot build a URL for project {project}")))?;
-            Ok(Request {
-                provider: "gitlab",
-                url,
-                credential: request.credential,
-                reserve: request.reserve,
-                budget: request.budget,
-                extra_headers: &[],
-            })
+            Ok(request.upstream(url, &[]))
         };
 
-        let (pages, _) = client.get_all(get("/merge_requests?state=opened&per_page=100".into())?).await?;
+        let pages = client.get_all(get("/merge_requests?state=opened&per_page=100".into())?).await?;
         for mr in pages.iter().flat_map(as_array) {
             snapshot.summary.code_reviews += 1;
             let state = if mr["draft"].as_bool() == Some(true) { "draft" } else { "open" };
@@ -43,7 +36,7 @@ pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<
             ));
         }
 
-        let (pages, _) = client.get_all(get("/issues?state=opened&per_page=100".into())?).await?;
+        let pages = client.get_all(get("/issues?state=opened&per_page=100".into())?).await?;
         for issue in pages.iter().flat_map(as_array) {
             snapshot.summary.tickets += 1;
             snapshot.items.tickets.push(item(

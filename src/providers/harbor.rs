@@ -11,17 +11,10 @@ pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<
     let mut snapshot = Snapshot::default();
     let get = |url: String| -> Result<Request<'_>, ProviderError> {
         let url = url::Url::parse(&url).map_err(|_| ProviderError::Config("cannot build a Harbor URL".into()))?;
-        Ok(Request {
-            provider: "harbor",
-            url,
-            credential: request.credential,
-            reserve: request.reserve,
-            budget: request.budget,
-            extra_headers: &[],
-        })
+        Ok(request.upstream(url, &[]))
     };
     for project in &spec.projects {
-        let (pages, _) = client.get_all(get(format!("{base}/api/v2.0/projects/{project}/repositories?page_size=100"))?).await?;
+        let pages = client.get_all(get(format!("{base}/api/v2.0/projects/{project}/repositories?page_size=100"))?).await?;
         for repository in pages.iter().flat_map(|p| p.as_array().into_iter().flatten()) {
             let full = repository["name"].as_str().unwrap_or_default();
             let short = full.strip_prefix(&format!("{project}/")).unwrap_or(full);

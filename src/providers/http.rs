@@ -328,9 +328,8 @@ impl UpstreamClient {
     }
 
     /// Follows `Link: rel="next"` up to the page bound, staying on the same host.
-    pub async fn get_all(&self, request: Request<'_>) -> Result<(Vec<serde_json::Value>, bool), ProviderError> {
+    pub async fn get_all(&self, request: Request<'_>) -> Result<Vec<serde_json::Value>, ProviderError> {
         let mut pages = Vec::new();
-        let mut all_cached = true;
         let mut next = Some(request.url.clone());
         let origin = request.url.origin();
         while let Some(url) = next.take() {
@@ -338,11 +337,10 @@ impl UpstreamClient {
                 break;
             }
             let fetched = self.get_json(&Request { url, ..request }).await?;
-            all_cached &= fetched.not_modified;
             pages.push(fetched.body);
             next = fetched.next.filter(|n| n.origin() == origin);
         }
-        Ok((pages, all_cached))
+        Ok(pages)
     }
 }
 

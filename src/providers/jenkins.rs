@@ -1,7 +1,7 @@
 //! Jenkins: the last build of each job, read with a `tree=` projection so each request
 //! returns a few hundred bytes instead of the whole job.
 
-use super::http::{Request, UpstreamClient};
+use super::http::UpstreamClient;
 use super::{PollRequest, ProviderError, Snapshot, item};
 
 const TREE: &str = "name,url,color,lastBuild[number,result,building,timestamp,url]";
@@ -24,16 +24,7 @@ pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<
             segments.push("api").push("json");
         }
         url.query_pairs_mut().append_pair("tree", TREE);
-        let fetched = client
-            .get_json(&Request {
-                provider: "jenkins",
-                url,
-                credential: request.credential,
-                reserve: request.reserve,
-                budget: request.budget,
-                extra_headers: &[],
-            })
-            .await?;
+        let fetched = client.get_json(&request.upstream(url, &[])).await?;
         let body = &fetched.body;
         let last = &body["lastBuild"];
         snapshot.summary.pipelines += 1;

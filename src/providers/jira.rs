@@ -1,7 +1,7 @@
 //! Jira: the tickets a JQL query selects. Jira Cloud (`*.atlassian.net`) uses the enhanced
 //! search endpoint with page tokens; Server and Data Center the classic one with `startAt`.
 
-use super::http::{Request, UpstreamClient};
+use super::http::UpstreamClient;
 use super::{PollRequest, ProviderError, Snapshot, item};
 
 const FIELDS: &str = "summary,status,assignee,updated";
@@ -30,16 +30,7 @@ pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<
                 _ => {}
             }
         }
-        let page = client
-            .get_json(&Request {
-                provider: "jira",
-                url,
-                credential: request.credential,
-                reserve: request.reserve,
-                budget: request.budget,
-                extra_headers: &[],
-            })
-            .await?;
+        let page = client.get_json(&request.upstream(url, &[])).await?;
         let issues = page.body["issues"].as_array().cloned().unwrap_or_default();
         for issue in &issues {
             let key = issue["key"].as_str().unwrap_or_default();

@@ -140,6 +140,20 @@ pub struct PollRequest<'a> {
     pub budget: &'a Budget,
 }
 
+impl PollRequest<'_> {
+    /// One upstream request of this poll: same provider, credential, reserve and budget.
+    pub fn upstream<'r>(&'r self, url: url::Url, extra_headers: &'r [(&'static str, &'static str)]) -> http::Request<'r> {
+        http::Request {
+            provider: self.spec.provider.as_str(),
+            url,
+            credential: self.credential,
+            reserve: self.reserve,
+            budget: self.budget,
+            extra_headers,
+        }
+    }
+}
+
 /// A token bucket for `rateLimit.maxRequestsPerMinute`: requests wait for a token.
 #[derive(Debug)]
 pub struct Budget {
