@@ -147,6 +147,22 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Starts the built `hyperpage` binary with `args`, logging to artifacts/e2e-logs/NAME.log,
+/// as whoever `kubeconfig` names (the suite's own KUBECONFIG when `None`).
+fn spawn_hyperpage(args: &[&str], name: &str, kubeconfig: Option<&Path>) -> (Child, PathBuf) {
+    let logs = repo().join("artifacts/e2e-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let err = out.try_clone().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hyperpage"));
+    command.args(args).env("RUST_LOG", "info,hyperpage=debug").stdout(Stdio::from(out)).stderr(Stdio::from(err));
+    if let Some(path) = kubeconfig {
+        command.env("KUBECONFIG", path);
+    }
+    (command.spawn().expect("the hyperpage binary starts"), log)
+}
+
 /// One `hyperpage operator` process, killed when dropped.
 pub struct Operator {
     pub identity: String,
@@ -168,28 +184,18 @@ impl Operator {
 
     fn spawn(options: OperatorOptions<'_>, kubeconfig: Option<&Path>) -> Self {
         let admin_port = free_port();
-        let logs = repo().join("artifacts/e2e-logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        let log = logs.join(format!("{}.log", options.identity));
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hyperpage"));
-        command
-            .args(["operator", "--admin-address", &format!("127.0.0.1:{admin_port}")])
-            .args(["--identity", options.identity, "--lease-name", options.lease_name, "--lease-namespace", LEASE_NAMESPACE])
-            .args(["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "1s"])
-            .args(["--portal-image", "ghcr.io/hyperpage-dev/hyperpage:e2e"])
-            // The examples name real SaaS endpoints: nothing here may reach them, so polling
-            // is on only in tests that point bindings at local fake servers.
-            .args(if options.extra.iter().any(|a| a.starts_with("--polling")) { &[][..] } else { &["--polling=false"][..] })
-            .args(options.extra)
-            .env("RUST_LOG", "info,hyperpage=debug")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        if let Some(path) = kubeconfig {
-            command.env("KUBECONFIG", path);
+        let admin = format!("127.0.0.1:{admin_port}");
+        let mut args = vec!["operator", "--admin-address", &admin];
+        args.extend(["--identity", options.identity, "--lease-name", options.lease_name, "--lease-namespace", LEASE_NAMESPACE]);
+        args.extend(["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "1s"]);
+        args.extend(["--portal-image", "ghcr.io/hyperpage-dev/hyperpage:e2e"]);
+        // The examples name real SaaS endpoints: nothing here may reach them, so polling
+        // is on only in tests that point bindings at local fake servers.
+        if !options.extra.iter().any(|a| a.starts_with("--polling")) {
+            args.push("--polling=false");
         }
-        let child = command.spawn().expect("the hyperpage binary starts");
+        args.extend(options.extra);
+        let (child, log) = spawn_hyperpage(&args, options.identity, kubeconfig);
         Self { identity: options.identity.to_string(), admin_port, log, child: Some(child) }
     }
 
@@ -299,21 +305,9 @@ pub struct Portal {
 impl Portal {
     pub fn start(namespace: &str, workspace: &str, kubeconfig: Option<&Path>) -> Self {
         let port = free_port();
-        let logs = repo().join("artifacts/e2e-logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        let log = logs.join(format!("portal-{namespace}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hyperpage"));
-        command
-            .args(["portal", "--namespace", namespace, "--workspace", workspace, "--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "info,hyperpage=debug")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        if let Some(path) = kubeconfig {
-            command.env("KUBECONFIG", path);
-        }
-        let child = command.spawn().expect("the hyperpage binary starts");
+        let listen = format!("127.0.0.1:{port}");
+        let args = ["portal", "--namespace", namespace, "--workspace", workspace, "--listen", &listen];
+        let (child, log) = spawn_hyperpage(&args, &format!("portal-{namespace}"), kubeconfig);
         Self { port, log, child: Some(child) }
     }
 
