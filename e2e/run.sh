@@ -7,6 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 NAMESPACE=${HYPERPAGE_DEMO_NAMESPACE:-hyperpage-demo}
 
+bash e2e/setup.sh run
+
 if [[ -z "${KUBECONFIG:-}" ]]; then
     bash e2e/cluster.sh up
     # shellcheck source=/dev/null

@@ -7,6 +7,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
+step "set-up (e2e/setup.sh: installs what this machine lacks)"
+bash e2e/setup.sh test
+
+# In CI, Rust's build output is kept under the user's cache directory like the control
+# plane binaries, so only the first run on a machine pays for a cold build.
+if [[ -n "${CI:-}" ]]; then
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hyperpage/cargo-target}
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

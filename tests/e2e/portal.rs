@@ -310,7 +310,7 @@ async fn the_portal_page_updates_live_in_a_browser() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         std::path::Path::new(&chromium).exists() && browser.join("node_modules/playwright-core").exists(),
-        "the browser test needs Debian's chromium and playwright-core: `apt-get install -y chromium` and `npm ci --prefix e2e/browser` (.ci/run does both)"
+        "the browser test needs Debian's chromium and playwright-core: `apt-get install -y chromium` and `npm ci --prefix e2e/browser` (e2e/setup.sh, run by make test, does both)"
     );
     let portal = Portal::start(&ns.name, "payments", None);
     portal.wait_ready(Duration::from_secs(30)).await;
