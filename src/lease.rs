@@ -84,6 +84,54 @@ impl Fence {
     }
 }
 
+/// Checks the [`Fence`] once more as a request leaves the client, after it waited in the
+/// client's queue: a replica frozen between a reconcile's own check and the send (SIGSTOP, a
+/// long pause) finds its fence closed on waking and the request is never sent. Reads pass.
+#[derive(Clone, Debug)]
+pub struct FenceLayer(pub Fence);
+
+impl<S> tower::Layer<S> for FenceLayer {
+    type Service = FencedService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        FencedService { inner, fence: self.0.clone() }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FencedService<S> {
+    inner: S,
+    fence: Fence,
+}
+
+/// The error a fenced write fails with; the reconcilers see it as a failed request.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to send a write: this replica is not the leader")]
+pub struct NotLeader;
+
+impl<S, B> tower::Service<http::Request<B>> for FencedService<S>
+where
+    S: tower::Service<http::Request<B>, Error = tower::BoxError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, tower::BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let read = matches!(*request.method(), http::Method::GET | http::Method::HEAD | http::Method::OPTIONS);
+        if !read && !self.fence.is_open() {
+            return Box::pin(std::future::ready(Err(NotLeader.into())));
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
 /// What a candidate should do with the Lease it just read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -343,5 +391,40 @@ mod tests {
         assert!(fence.is_open());
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(!fence.is_open(), "a leader that could not renew must stop writing by itself");
+    }
+
+    /// A service that answers 200 to whatever reaches it, counting the requests.
+    fn counting() -> (impl tower::Service<http::Request<()>, Response = u16, Error = tower::BoxError, Future: Send> + Clone, Arc<Mutex<u32>>)
+    {
+        let sent = Arc::new(Mutex::new(0));
+        let counter = sent.clone();
+        let service = tower::service_fn(move |_: http::Request<()>| {
+            *counter.lock().unwrap() += 1;
+            std::future::ready(Ok::<u16, tower::BoxError>(200))
+        });
+        (service, sent)
+    }
+
+    fn request(method: http::Method) -> http::Request<()> {
+        http::Request::builder().method(method).uri("/apis/apps/v1/namespaces/a/deployments/x").body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_closed_fence_stops_writes_as_they_leave_the_client_and_lets_reads_pass() {
+        use tower::{Layer, Service};
+        let fence = Fence::closed();
+        let (inner, sent) = counting();
+        let mut service = FenceLayer(fence.clone()).layer(inner);
+        for method in [http::Method::PATCH, http::Method::POST, http::Method::PUT, http::Method::DELETE] {
+            let error = service.call(request(method)).await.unwrap_err();
+            assert!(error.is::<NotLeader>(), "{error}");
+        }
+        assert_eq!(*sent.lock().unwrap(), 0, "no write reached the connection");
+        assert_eq!(service.call(request(http::Method::GET)).await.unwrap(), 200);
+        assert_eq!(*sent.lock().unwrap(), 1);
+
+        fence.open_until(Instant::now() + Duration::from_secs(10));
+        assert_eq!(service.call(request(http::Method::PATCH)).await.unwrap(), 200);
+        assert_eq!(*sent.lock().unwrap(), 2, "the leader's write is sent");
     }
 }

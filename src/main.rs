@@ -139,21 +139,26 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// A client from the in-cluster config or KUBECONFIG, announcing itself in the User-Agent so
-/// that audit logs and `apiserver_request_total` tell the operator's requests apart.
-async fn client(user_agent: String) -> Result<kube::Client, Box<dyn std::error::Error + Send + Sync>> {
+/// The in-cluster config or KUBECONFIG, announcing itself in the User-Agent so that audit
+/// logs and `apiserver_request_total` tell the operator's requests apart.
+async fn kube_config(user_agent: String) -> Result<kube::Config, Box<dyn std::error::Error + Send + Sync>> {
     let mut config = kube::Config::infer().await.map_err(|e| format!("failed to load a Kubernetes config: {e}"))?;
     let value = http::HeaderValue::from_str(&user_agent).map_err(|e| format!("failed to build the user agent: {e}"))?;
     config.headers.push((http::header::USER_AGENT, value));
-    Ok(kube::Client::try_from(config).map_err(|e| format!("failed to create a Kubernetes client: {e}"))?)
+    Ok(config)
+}
+
+async fn client(user_agent: String) -> Result<kube::Client, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(kube::Client::try_from(kube_config(user_agent).await?).map_err(|e| format!("failed to create a Kubernetes client: {e}"))?)
 }
 
 async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let identity = args.identity.unwrap_or_else(default_identity);
-    let client = client(format!("hyperpage-operator/{} ({identity})", hyperpage::VERSION)).await?;
+    let kube_config = kube_config(format!("hyperpage-operator/{} ({identity})", hyperpage::VERSION)).await?;
+    let default_namespace = kube_config.default_namespace.clone();
     let lease = if args.leader_elect {
         let lease = LeaseConfig {
-            namespace: args.lease_namespace.unwrap_or_else(|| client.default_namespace().to_string()),
+            namespace: args.lease_namespace.unwrap_or(default_namespace),
             name: args.lease_name,
             identity,
             lease_duration: args.lease_duration,
@@ -190,7 +195,7 @@ async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Erro
         concurrency: args.concurrency.max(1),
         engine,
     };
-    hyperpage::operator::run(client, config).await
+    hyperpage::operator::run(kube_config, config).await
 }
 
 async fn run_portal(args: PortalArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

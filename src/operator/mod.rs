@@ -13,7 +13,7 @@ mod tests;
 use crate::admin::{self, Readiness};
 use crate::api::{ToolBinding, Workspace};
 use crate::engine::{Engine, EngineConfig};
-use crate::lease::{Fence, LeaderElector, LeaseConfig};
+use crate::lease::{Fence, FenceLayer, LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use children::{BuildConfig, MANAGED_BY};
 use context::{Context, Stores, object_key};
@@ -52,7 +52,10 @@ pub struct OperatorConfig {
 }
 
 /// Runs until SIGTERM/SIGINT.
-pub async fn run(client: Client, config: OperatorConfig) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// `kube_config` is the cluster connection; the operator builds two clients from it: one for
+/// its Lease, and one fenced client for everything else.
+pub async fn run(kube_config: kube::Config, config: OperatorConfig) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let client = Client::try_from(kube_config.clone())?;
     let metrics = Metrics::new();
     let readiness = Readiness::default();
     let admin_app = admin::router(metrics.clone(), readiness.clone());
@@ -89,6 +92,10 @@ pub async fn run(client: Client, config: OperatorConfig) -> Result<(), Box<dyn s
         }
     };
 
+    // The controllers' and the engine's requests pass the fence once more as they leave the
+    // client, so a write queued before a freeze is not sent after it; the Lease client is not fenced.
+    let fenced_client = kube::client::ClientBuilder::try_from(kube_config)?.with_layer(&FenceLayer(fence.clone())).build();
+
     let mut shutdown = shutdown_rx.clone();
     loop {
         // Standby: healthy and ready, waiting for the Lease.
@@ -99,7 +106,7 @@ pub async fn run(client: Client, config: OperatorConfig) -> Result<(), Box<dyn s
         }
         readiness.set(false);
         tracing::info!("starting controllers");
-        let controllers = run_controllers(client.clone(), &config, fence.clone(), metrics.clone(), readiness.clone());
+        let controllers = run_controllers(fenced_client.clone(), &config, fence.clone(), metrics.clone(), readiness.clone());
         tokio::select! {
             _ = controllers => tracing::warn!("controllers stopped"),
             _ = leading.wait_for(|l| !*l) => tracing::info!("lost leadership; controllers stopped"),
@@ -205,6 +212,11 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
         },
         None => None,
     };
+    // Nothing acts before every cache holds the cluster's state: a reconcile that ran earlier
+    // would see children as missing and re-apply objects it has not looked at, so a new
+    // leader would write on every takeover. The controllers still consume their watch streams
+    // meanwhile (the shared caches must not wait for them); their reconciles wait here.
+    let (synced_tx, synced_rx) = watch::channel(false);
     let ctx = Arc::new(
         Context::new(client.clone(), stores.clone(), config.build.clone(), fence, metrics, config.resync).with_engine(engine.clone()),
     );
@@ -213,9 +225,11 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
     let wakes = futures::stream::poll_fn(move |cx| wake_rx.poll_recv(cx));
     let polling = {
         let (bindings, workspaces) = (bindings.clone(), workspaces.clone());
+        let mut synced = synced_rx.clone();
         async move {
             match engine {
                 Some(engine) => {
+                    let _ = synced.wait_for(|s| *s).await;
                     tracing::info!("aggregation engine started");
                     engine.run(bindings, workspaces, wake_tx).await
                 }
@@ -238,7 +252,7 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
             binding.namespace().map(|ns| ObjectRef::<Workspace>::new(&binding.spec.workspace_ref.name).within(&ns))
         })
         .with_config(controller_config.clone())
-        .run(workspace::reconcile, error_policy::<Workspace>, ctx.clone())
+        .run(after(synced_rx.clone(), workspace::reconcile), error_policy::<Workspace>, ctx.clone())
         .for_each(log_result("workspace"));
 
     let secret_triggers = secret_metadata_changes(client.clone());
@@ -261,19 +275,13 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
         })
         .reconcile_on(wakes)
         .with_config(controller_config)
-        .run(toolbinding::reconcile, error_policy::<ToolBinding>, ctx.clone())
+        .run(after(synced_rx, toolbinding::reconcile), error_policy::<ToolBinding>, ctx.clone())
         .for_each(log_result("toolbinding"));
 
-    let mark_ready = async move {
-        let _ = futures::future::join(stores.workspaces.wait_until_ready(), stores.bindings.wait_until_ready()).await;
-        let _ = futures::future::join4(
-            stores.deployments.wait_until_ready(),
-            stores.services.wait_until_ready(),
-            stores.roles.wait_until_ready(),
-            stores.pod_disruption_budgets.wait_until_ready(),
-        )
-        .await;
+    let mark_synced = async move {
+        caches_synced(&stores).await;
         tracing::info!("caches synced");
+        let _ = synced_tx.send(true);
         readiness.set(true);
         std::future::pending::<()>().await;
     };
@@ -282,9 +290,46 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
         _ = drives => {}
         _ = workspace_controller => {}
         _ = binding_controller => {}
-        _ = mark_ready => {}
+        _ = mark_synced => {}
         _ = polling => {}
     }
+}
+
+/// `reconcile`, held back until `synced` turns true.
+fn after<K, F, Fut>(
+    synced: watch::Receiver<bool>,
+    reconcile: F,
+) -> impl Fn(Arc<K>, Arc<Context>) -> futures::future::BoxFuture<'static, Result<Action, Error>>
+where
+    K: Send + Sync + 'static,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    move |object, ctx| {
+        let mut synced = synced.clone();
+        async move {
+            let _ = synced.wait_for(|s| *s).await;
+            reconcile(object, ctx).await
+        }
+        .boxed()
+    }
+}
+
+/// Resolves once every watch cache has seen its first complete list.
+async fn caches_synced(stores: &Stores) {
+    let _ = futures::future::join_all([
+        stores.workspaces.wait_until_ready().boxed(),
+        stores.bindings.wait_until_ready().boxed(),
+        stores.deployments.wait_until_ready().boxed(),
+        stores.services.wait_until_ready().boxed(),
+        stores.service_accounts.wait_until_ready().boxed(),
+        stores.roles.wait_until_ready().boxed(),
+        stores.role_bindings.wait_until_ready().boxed(),
+        stores.network_policies.wait_until_ready().boxed(),
+        stores.ingresses.wait_until_ready().boxed(),
+        stores.pod_disruption_budgets.wait_until_ready().boxed(),
+    ])
+    .await;
 }
 
 /// Secret changes, metadata only: the operator never caches Secret contents.

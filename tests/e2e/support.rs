@@ -428,6 +428,23 @@ pub fn audit_events_since(offset: u64) -> Vec<serde_json::Value> {
     text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
+/// The mutating requests (Lease renewals aside) that the operator replica `identity` sent,
+/// as (time the API server received it, "verb URI"), from the audit events `events`.
+pub fn operator_writes(events: &[serde_json::Value], identity: &str) -> Vec<(jiff::Timestamp, String)> {
+    let marker = format!("({identity})");
+    events
+        .iter()
+        .filter(|e| e["userAgent"].as_str().is_some_and(|ua| ua.starts_with("hyperpage-operator/") && ua.contains(&marker)))
+        .filter(|e| ["create", "update", "patch", "delete", "deletecollection"].contains(&e["verb"].as_str().unwrap_or("")))
+        .filter(|e| e["objectRef"]["resource"] != "leases")
+        .map(|e| {
+            let received =
+                e["requestReceivedTimestamp"].as_str().and_then(|t| t.parse().ok()).expect("audit events carry requestReceivedTimestamp");
+            (received, format!("{} {}", e["verb"], e["requestURI"]))
+        })
+        .collect()
+}
+
 impl Operator {
     /// Like `start`, but talking to the cluster through `kubeconfig` (e.g. a ServiceAccount
     /// token) instead of the suite's admin credentials.
