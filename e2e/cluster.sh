@@ -10,6 +10,7 @@
 #   e2e/cluster.sh down      stop what `up` started and remove e2e/.run/
 #   e2e/cluster.sh env       print the env file (eval "$(e2e/cluster.sh env)")
 #   e2e/cluster.sh bin-dir   print the directory holding the binaries (builds if needed)
+#   e2e/cluster.sh tool NAME print the path of the test-only program in e2e/tools/NAME (builds if needed)
 #   e2e/cluster.sh status    say whether the local cluster is running
 #
 # Pinned versions live in e2e/tools/*/go.mod (one wrapper module per upstream project).
@@ -72,12 +73,18 @@ ETCD_VERSION=$(pinned etcd go.etcd.io/etcd/server/v3)
 KWOK_VERSION=$(pinned kwok sigs.k8s.io/kwok)
 HELM_VERSION=$(pinned helm helm.sh/helm/v3)
 
+# The control plane's wrapper modules. Any other directory in $TOOLS_DIR is a test-only
+# program (a linter, an OpenID provider, ...) built on demand under a key of its own by
+# `tool`, so adding or bumping one never rebuilds the control plane.
+CONTROL_PLANE_TOOLS=(etcd helm kubernetes kwok)
+
 cache_key() {
-    local gov hash
+    local gov hash t
     gov=$(go env GOVERSION)
     # Any change to a wrapper module (versions, replaces, sums) or this recipe is a new key.
     hash=$( { echo "recipe=$RECIPE $(go env GOOS)/$(go env GOARCH)"
-              cat "$TOOLS_DIR"/*/go.mod "$TOOLS_DIR"/*/go.sum; } | sha256sum | cut -c1-12)
+              for t in "${CONTROL_PLANE_TOOLS[@]}"; do cat "$TOOLS_DIR/$t/go.mod"; done
+              for t in "${CONTROL_PLANE_TOOLS[@]}"; do cat "$TOOLS_DIR/$t/go.sum"; done; } | sha256sum | cut -c1-12)
     echo "k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_${gov}_${hash}"
 }
 
@@ -157,6 +164,31 @@ build() {
     date -u +%Y-%m-%dT%H:%M:%SZ >"$out/.complete"
     exec 9>&-
     log "build complete in $((SECONDS - start))s: $out"
+}
+
+# A test-only program from its wrapper module $TOOLS_DIR/NAME (the package its tools.go
+# imports), built once per module content and Go version; prints the binary's path.
+tool() {
+    local name=$1 dir=$TOOLS_DIR/$1 pkg key out
+    [[ -f $dir/tools.go ]] || die "no wrapper module $dir"
+    pkg=$(awk '$1 == "import" && $2 == "_" { gsub(/"/, "", $3); print $3 }' "$dir/tools.go")
+    [[ -n $pkg ]] || die "$dir/tools.go imports no package"
+    key=$( { go env GOVERSION GOOS GOARCH; cat "$dir"/go.mod "$dir"/go.sum "$dir"/*.go; } | sha256sum | cut -c1-12)
+    out=$CACHE_ROOT/tools/$name-$key
+    if [[ ! -e $out/.complete ]]; then
+        mkdir -p "$out"
+        exec 7>"$out/.lock"
+        flock 7
+        if [[ ! -e $out/.complete ]]; then
+            local start=$SECONDS
+            log "building $name ($pkg) ..."
+            (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$out/$name" "$pkg") || die "building $name failed"
+            touch "$out/.complete"
+            log "built $name in $((SECONDS - start))s"
+        fi
+        exec 7>&-
+    fi
+    echo "$out/$name"
 }
 
 # --- helpers ---------------------------------------------------------------------------
@@ -497,11 +529,12 @@ main() {
             cat "$ENV_FILE"
             ;;
         bin-dir) build; bin_dir ;;
+        tool) [[ -n ${2:-} ]] || die "usage: $0 tool NAME"; tool "$2" ;;
         status)
             if local_cluster_running; then echo "running ($ADMIN_KUBECONFIG)"; else echo "not running"; exit 1; fi
             ;;
         *)
-            echo "usage: $0 {build|up|down|env|bin-dir|status}" >&2
+            echo "usage: $0 {build|up|down|env|bin-dir|tool NAME|status}" >&2
             exit 2
             ;;
     esac

@@ -18,9 +18,11 @@ declare -A package_of=(
     [redis-server]=redis-server
     # The portal's browser test drives Debian's Chromium through playwright-core.
     [chromium]=chromium [npm]=npm
+    # actionlint checks the workflows' shell steps with it.
+    [shellcheck]=shellcheck
 )
 commands=(make openssl python3 curl git)
-[[ $purpose == test ]] && commands+=(redis-server chromium npm)
+[[ $purpose == test ]] && commands+=(redis-server chromium npm shellcheck)
 
 missing=()
 for command in "${commands[@]}"; do
@@ -28,14 +30,17 @@ for command in "${commands[@]}"; do
 done
 if ((${#missing[@]})); then
     install=(apt-get install -y "${missing[@]}")
-    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    # Root installs; a user with password-less sudo (a CI runner) installs through it.
+    as_root=()
+    [[ $(id -u) -eq 0 ]] || as_root=(sudo -n)
+    if ! command -v apt-get >/dev/null 2>&1 || { ((${#as_root[@]})) && ! sudo -n true 2>/dev/null; }; then
         say "missing: ${missing[*]}. Install them, then run this again:"
         say "    sudo apt-get update && sudo ${install[*]}"
         exit 1
     fi
     say "installing Debian packages: ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${install[@]}" -qq >/dev/null
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive "${install[@]}" -qq >/dev/null
 fi
 
 for tool in cargo go; do

@@ -25,6 +25,9 @@ cargo clippy --all-targets --locked -- -D warnings
 step "unit tests (cargo test)"
 cargo test --locked
 
+step "actionlint .github/workflows (the release workflows cannot run here; they are linted)"
+"$(bash e2e/cluster.sh tool actionlint)" -no-color -shellcheck=shellcheck
+
 step "CRDs: hyperpage crd == crds/*.yaml"
 diff -u <(cargo run --quiet --locked -- crd) <(cat crds/*.yaml)
 
