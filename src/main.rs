@@ -110,6 +110,13 @@ struct OperatorArgs {
     #[arg(long, env = "HYPERPAGE_POLL_CONCURRENCY", default_value_t = 8)]
     poll_concurrency: usize,
 
+    /// Send tool requests through this HTTP(S) proxy, e.g. http://egress-proxy.infra:3128.
+    /// Proxy variables from the environment (HTTPS_PROXY …) are ignored: with them the
+    /// endpoint policy would see only the proxy. With a proxy, the policy checks each
+    /// endpoint's name and the addresses it resolves to here before the request.
+    #[arg(long, env = "HYPERPAGE_UPSTREAM_PROXY", value_parser = parse_proxy)]
+    upstream_proxy: Option<url::Url>,
+
     /// Time limit of one upstream request.
     #[arg(long, env = "HYPERPAGE_UPSTREAM_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     upstream_timeout: Duration,
@@ -132,6 +139,14 @@ struct PortalArgs {
     /// Serve only the JSON API and probes (sidecar mode, beside a portal image of your own).
     #[arg(long, env = "HYPERPAGE_API_ONLY")]
     api_only: bool,
+}
+
+fn parse_proxy(value: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(value).map_err(|e| format!("failed to parse the proxy URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" if url.host_str().is_some() => Ok(url),
+        _ => Err("the proxy must be an http:// or https:// URL with a host, e.g. http://egress-proxy:3128".into()),
+    }
 }
 
 fn default_identity() -> String {
@@ -180,6 +195,7 @@ async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Erro
         let client = ClientConfig {
             timeout: args.upstream_timeout,
             policy: EndpointPolicy { allowed, allow_http: args.allow_insecure_http },
+            proxy: args.upstream_proxy,
             ..ClientConfig::default()
         };
         Some(EngineConfig { redis_url: args.redis_url, redis_prefix: args.redis_prefix, client, concurrency: args.poll_concurrency.max(1) })

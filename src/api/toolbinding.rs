@@ -49,10 +49,13 @@ pub struct ToolBindingSpec {
 
     /// Base URL of the tool's API. Defaults to https://api.github.com for github and
     /// https://gitlab.com for gitlab; required for the others. Self-hosted instances are fine.
+    /// No user name, password, query or fragment. The credential's Secret must allow it (its
+    /// hyperpage.dev/endpoints annotation; without one only the public default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''").message("must be an absolute http or https URL such as https://gitlab.example.com"))]
-    #[x_kube(validation = Rule::new("!self.matches('^[a-zA-Z]+://[^/]*@')").message("must not contain credentials: put the token in the Secret named by credentialsSecretRef"))]
+    #[x_kube(validation = Rule::new("!self.matches('^[a-zA-Z]+://[^/]*@')").message("must not contain credentials or a user name (user@ or user:password@): put the token in the Secret named by credentialsSecretRef"))]
+    #[x_kube(validation = Rule::new("!self.contains('?') && !self.contains('#')").message("must not contain a query (?) or fragment (#): the operator appends the API paths to the endpoint, so give only scheme, host, port and base path"))]
     pub endpoint: Option<String>,
 
     /// The Secret (in this namespace) and the key in it that hold the API token.

@@ -13,11 +13,9 @@ use crate::api::duration::{self, DEFAULT_REFRESH_INTERVAL};
 use crate::api::toolbinding::RateLimitStatus;
 use crate::api::{ToolBinding, Workspace};
 use crate::providers::http::{ClientConfig, UpstreamClient, UpstreamMetrics};
-use crate::providers::{self, Budget, Credential, PollRequest, ProviderError};
+use crate::providers::{self, Budget, Credential, PollRequest, ProviderError, credential};
 use cache::{Cache, CacheMetrics};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -290,20 +288,9 @@ impl Engine {
         &self,
         binding: &ToolBinding,
     ) -> Result<(providers::Snapshot, Option<RateLimitStatus>), (ProviderError, Option<RateLimitStatus>)> {
-        let namespace = binding.namespace().unwrap_or_default();
-        let secret_ref = &binding.spec.credentials_secret_ref;
-        let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), &namespace);
-        let token = match secrets.get_opt(&secret_ref.name).await {
-            Ok(Some(secret)) => {
-                secret.data.as_ref().and_then(|d| d.get(&secret_ref.key)).map(|v| String::from_utf8_lossy(&v.0).into_owned())
-            }
-            Ok(None) => None,
-            Err(_) => return Err((ProviderError::Config(format!("failed to read Secret {:?}", secret_ref.name)), None)),
-        };
-        let Some(token) = token.filter(|t| !t.trim().is_empty()) else {
-            return Err((ProviderError::Config(format!("no token in Secret {:?} key {:?}", secret_ref.name, secret_ref.key)), None));
-        };
-        let credential = Credential::new(binding.spec.provider, &token).map_err(|e| (e, None))?;
+        let target = credential::Target::for_binding(binding);
+        let token = credential::read(&self.kube, &target).await.map_err(|e| (e.into(), None))?;
+        let credential = Credential::new(binding.spec.provider, token.expose()).map_err(|e| (e, None))?;
         drop(token);
         let endpoint = binding.spec.endpoint.as_deref().or(providers::default_endpoint(binding.spec.provider)).unwrap_or_default();
         let endpoint = url::Url::parse(endpoint).map_err(|_| (ProviderError::Config("spec.endpoint is not a URL".into()), None))?;

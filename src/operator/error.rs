@@ -13,8 +13,9 @@ pub enum Error {
     #[error("failed to update the status of {kind} {name}: {source}")]
     Status { kind: &'static str, name: String, source: kube::Error },
 
-    #[error("failed to read Secret {name}: {source}")]
-    ReadSecret { name: String, source: kube::Error },
+    /// An API error or timeout; a Secret that may not be used is a condition, not this.
+    #[error(transparent)]
+    ReadSecret(crate::providers::credential::ReadError),
 
     #[error("failed to serialize {kind}: {source}")]
     Serialize { kind: &'static str, source: serde_json::Error },
@@ -33,7 +34,7 @@ impl Error {
             Error::Apply { .. } => "apply",
             Error::Delete { .. } => "delete",
             Error::Status { .. } => "status",
-            Error::ReadSecret { .. } => "secret",
+            Error::ReadSecret(_) => "secret",
             Error::Serialize { .. } => "serialize",
             Error::NotLeader => "not_leader",
             Error::MissingNamespace(_) => "invalid",

@@ -332,9 +332,12 @@ async fn caches_synced(stores: &Stores) {
     .await;
 }
 
-/// Secret changes, metadata only: the operator never caches Secret contents.
+/// Changes of opted-in Secrets, metadata only (`PartialObjectMeta` makes kube ask for
+/// metadata): no values, and of unlabelled Secrets not even the names. A label removed or
+/// added shows up as a delete or an add, so the bindings naming the Secret are re-checked.
 fn secret_metadata_changes(client: Client) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send {
-    watcher(Api::<PartialObjectMeta<Secret>>::all(client), watcher::Config::default())
+    let opted_in = watcher::Config::default().labels(&format!("{}=true", crate::providers::credential::LABEL));
+    watcher(Api::<PartialObjectMeta<Secret>>::all(client), opted_in)
         .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())
         .touched_objects()

@@ -34,6 +34,9 @@ type Responder = Box<dyn Fn(&Method, &str, &Value) -> (StatusCode, Value) + Send
 /// Answers like a well-behaved API server: applies echo the object back, creates succeed.
 fn default_responder() -> Responder {
     Box::new(|method, path, body| {
+        if *method == Method::GET && path.ends_with("/secrets") {
+            return (StatusCode::OK, secret_list(&[]));
+        }
         if *method == Method::GET {
             let name = path.rsplit('/').next().unwrap_or_default();
             return (StatusCode::NOT_FOUND, not_found(name));
@@ -62,6 +65,11 @@ fn echo(path: &str, body: &Value) -> Value {
         }
     }
     object
+}
+
+/// A LIST answer (the credential reader selects Secrets by label and name).
+fn secret_list(items: &[Value]) -> Value {
+    json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {"resourceVersion": "1"}, "items": items})
 }
 
 fn not_found(name: &str) -> Value {
@@ -312,23 +320,27 @@ async fn a_missing_secret_then_its_arrival_flip_credentials_valid() {
     toolbinding::reconcile(Arc::new(binding.clone()), ctx.clone()).await.unwrap();
 
     let requests = api.take();
+    // The Secret is asked for only through a LIST selecting the credential label: an
+    // unlabelled Secret never reaches the operator.
     assert_eq!(requests[0].method, Method::GET);
-    assert_eq!(requests[0].path, "/api/v1/namespaces/team-payments/secrets/github-token");
+    assert_eq!(requests[0].path, "/api/v1/namespaces/team-payments/secrets");
+    assert!(requests[0].query.contains("labelSelector=hyperpage.dev%2Fcredential%3Dtrue"), "{}", requests[0].query);
+    assert!(requests[0].query.contains("fieldSelector=metadata.name%3Dgithub-token"), "{}", requests[0].query);
     let status = requests.iter().find(|r| r.path.ends_with("/toolbindings/github/status")).expect("status written");
-    assert_eq!(condition_in(&status.body, CREDENTIALS_VALID), ("False".into(), "SecretNotFound".into()));
-    assert_eq!(condition_in(&status.body, READY), ("False".into(), "SecretNotFound".into()));
+    assert_eq!(condition_in(&status.body, CREDENTIALS_VALID), ("False".into(), "SecretNotOptedIn".into()));
+    assert_eq!(condition_in(&status.body, READY), ("False".into(), "SecretNotOptedIn".into()));
     let event = requests.iter().find(|r| r.path.contains("/events")).expect("a warning event");
-    assert_eq!((event.body["type"].as_str(), event.body["reason"].as_str()), (Some("Warning"), Some("SecretNotFound")));
+    assert_eq!((event.body["type"].as_str(), event.body["reason"].as_str()), (Some("Warning"), Some("SecretNotOptedIn")));
     binding.status = Some(serde_json::from_value(status.body["status"].clone()).unwrap());
 
-    // The Secret is created.
+    // The Secret is created, opted in.
     api.respond_with(Box::new(|method, path, body| {
-        if *method == Method::GET && path.ends_with("/secrets/github-token") {
+        if *method == Method::GET && path.ends_with("/secrets") {
             return (
                 StatusCode::OK,
-                json!({"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "github-token", "namespace": "team-payments"},
-                "data": {"token": "Z2hwX3NlY3JldHRva2Vu"}}),
+                secret_list(&[json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "github-token", "namespace": "team-payments", "labels": {"hyperpage.dev/credential": "true"}},
+                "data": {"token": "Z2hwX3NlY3JldHRva2Vu"}})]),
             );
         }
         if *method == Method::POST {
@@ -339,6 +351,7 @@ async fn a_missing_secret_then_its_arrival_flip_credentials_valid() {
     toolbinding::reconcile(Arc::new(binding.clone()), ctx.clone()).await.unwrap();
 
     let requests = api.take();
+    assert!(requests.iter().all(|r| !r.path.contains("/secrets/")), "no GET of a named Secret");
     let status = requests.iter().find(|r| r.path.ends_with("/status")).expect("status written");
     assert_eq!(condition_in(&status.body, CREDENTIALS_VALID), ("True".into(), "SecretFound".into()));
     assert_eq!(condition_in(&status.body, READY), ("True".into(), "Configured".into()));

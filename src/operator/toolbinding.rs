@@ -1,8 +1,8 @@
 //! ToolBinding reconcile: is everything the binding points at really there?
 //!
-//! dereference (workspace from the cache, Secret by a targeted GET) → validate (pure) →
-//! status, with an Event on every transition. The Secret's value is only checked for
-//! presence here; it never leaves this function, and no message mentions it.
+//! dereference (workspace from the cache, the credential through the shared reader in
+//! [`credential`], which reads only opted-in Secrets) → validate (pure) → status, with an
+//! Event on every transition. The token is dropped at once; no message mentions it.
 
 use super::context::{Context, object_key};
 use super::error::Error;
@@ -10,9 +10,8 @@ use crate::api::conditions::{self, CREDENTIALS_VALID, DesiredCondition, RATE_LIM
 use crate::api::{ToolBinding, ToolBindingStatus, Workspace, duration};
 use crate::engine::Engine;
 use crate::engine::status::{SyncRecord, compose};
-use k8s_openapi::api::core::v1::Secret;
+use crate::providers::credential::{self, Problem, ReadError, Target};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -20,57 +19,17 @@ use std::sync::Arc;
 
 pub const CONTROLLER: &str = "toolbinding";
 
-/// What was found at the end of `spec.credentialsSecretRef`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SecretState {
-    Missing,
-    KeyMissing,
-    KeyEmpty,
-    Present,
-}
-
-/// Only the shape of the Secret matters here: is the key there and non-empty.
-pub fn secret_state(secret: Option<&Secret>, key: &str) -> SecretState {
-    let Some(secret) = secret else { return SecretState::Missing };
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key).map(|v| v.0.len()))
-        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key).map(String::len)));
-    match value {
-        None => SecretState::KeyMissing,
-        Some(0) => SecretState::KeyEmpty,
-        Some(_) => SecretState::Present,
-    }
-}
-
-/// Validate (pure): the conditions this binding should carry.
-pub fn validate(binding: &ToolBinding, workspace_found: bool, secret: SecretState) -> Vec<DesiredCondition> {
+/// Validate (pure): the conditions this binding should carry, given what the credential
+/// check found (see [`credential`]).
+pub fn validate(binding: &ToolBinding, workspace_found: bool, credentials: &Result<(), Problem>) -> Vec<DesiredCondition> {
     let secret_ref = &binding.spec.credentials_secret_ref;
-    let credentials = match secret {
-        SecretState::Missing => DesiredCondition::new(
-            CREDENTIALS_VALID,
-            false,
-            "SecretNotFound",
-            format!("Secret {:?} not found in this namespace; create it with the token under key {:?}", secret_ref.name, secret_ref.key),
-        ),
-        SecretState::KeyMissing => DesiredCondition::new(
-            CREDENTIALS_VALID,
-            false,
-            "KeyNotFound",
-            format!("Secret {:?} has no key {:?}", secret_ref.name, secret_ref.key),
-        ),
-        SecretState::KeyEmpty => DesiredCondition::new(
-            CREDENTIALS_VALID,
-            false,
-            "KeyEmpty",
-            format!("key {:?} of Secret {:?} is empty", secret_ref.key, secret_ref.name),
-        ),
-        SecretState::Present => DesiredCondition::new(
+    let credentials = match credentials {
+        Err(problem) => DesiredCondition::new(CREDENTIALS_VALID, false, problem.reason().as_str(), problem.to_string()),
+        Ok(()) => DesiredCondition::new(
             CREDENTIALS_VALID,
             true,
             "SecretFound",
-            format!("token found in Secret {:?} key {:?}", secret_ref.name, secret_ref.key),
+            format!("token found in Secret {:?} key {:?}, allowed for this endpoint", secret_ref.name, secret_ref.key),
         ),
     };
     let interval_error =
@@ -109,13 +68,14 @@ async fn reconcile_inner(binding: &ToolBinding, ctx: &Context) -> Result<Action,
     }
     let workspace_found =
         ctx.stores.workspaces.get(&ObjectRef::<Workspace>::new(&binding.spec.workspace_ref.name).within(&namespace)).is_some();
-    let secret_name = &binding.spec.credentials_secret_ref.name;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret = secrets.get_opt(secret_name).await.map_err(|source| Error::ReadSecret { name: secret_name.clone(), source })?;
-    let state = secret_state(secret.as_ref(), &binding.spec.credentials_secret_ref.key);
-    drop(secret);
+    // The token itself is dropped at once: validation only needs to know it is usable.
+    let credentials = match credential::read(&ctx.client, &Target::for_binding(binding)).await {
+        Ok(_token) => Ok(()),
+        Err(ReadError::Problem(problem)) => Err(problem),
+        Err(error) => return Err(Error::ReadSecret(error)),
+    };
 
-    let validation = validate(binding, workspace_found, state);
+    let validation = validate(binding, workspace_found, &credentials);
     let now = Time(jiff::Timestamp::now());
     let previous = binding.status.clone().unwrap_or_default();
     let record = ctx.engine.as_ref().and_then(|engine| engine.record(&ObjectRef::from_obj(binding)));
@@ -214,47 +174,33 @@ async fn publish_transitions(binding: &ToolBinding, ctx: &Context, previous: &To
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::ByteString;
-    use std::collections::BTreeMap;
 
     fn binding() -> ToolBinding {
         serde_norway::from_str(include_str!("../../tests/fixtures/toolbinding-github.yaml")).unwrap()
     }
 
-    fn secret(key: &str, value: &str) -> Secret {
-        Secret { data: Some(BTreeMap::from([(key.to_string(), ByteString(value.as_bytes().to_vec()))])), ..Default::default() }
-    }
-
-    #[test]
-    fn secret_state_checks_presence_and_emptiness() {
-        assert_eq!(secret_state(None, "token"), SecretState::Missing);
-        assert_eq!(secret_state(Some(&secret("other", "x")), "token"), SecretState::KeyMissing);
-        assert_eq!(secret_state(Some(&secret("token", "")), "token"), SecretState::KeyEmpty);
-        assert_eq!(secret_state(Some(&secret("token", "ghp_x")), "token"), SecretState::Present);
+    fn problem(target: &Target, labelled: bool) -> Problem {
+        let mut secret = k8s_openapi::api::core::v1::Secret::default();
+        if labelled {
+            secret.metadata.labels = Some([(credential::LABEL.to_string(), "true".to_string())].into());
+        }
+        credential::check(target, Some(&secret)).unwrap_err()
     }
 
     #[test]
     fn conditions_name_the_first_problem() {
         let b = binding();
-        let c = validate(&b, true, SecretState::Missing);
-        assert_eq!((c[0].type_, c[0].status, c[0].reason), (READY, Some(false), "SecretNotFound"));
-        assert_eq!((c[1].type_, c[1].status, c[1].reason), (CREDENTIALS_VALID, Some(false), "SecretNotFound"));
-        let c = validate(&b, false, SecretState::Present);
+        let target = Target::for_binding(&b);
+        let c = validate(&b, true, &Err(problem(&target, false)));
+        assert_eq!((c[0].type_, c[0].status, c[0].reason), (READY, Some(false), "SecretNotOptedIn"));
+        assert_eq!((c[1].type_, c[1].status, c[1].reason), (CREDENTIALS_VALID, Some(false), "SecretNotOptedIn"));
+        assert_eq!(c[0].message, c[1].message);
+        let c = validate(&b, false, &Ok(()));
         assert_eq!((c[0].status, c[0].reason), (Some(false), "WorkspaceNotFound"));
         assert_eq!((c[1].status, c[1].reason), (Some(true), "SecretFound"));
-        let c = validate(&b, true, SecretState::KeyMissing);
+        let c = validate(&b, true, &Err(problem(&target, true)));
         assert_eq!(c[1].reason, "KeyNotFound");
-        let c = validate(&b, true, SecretState::Present);
+        let c = validate(&b, true, &Ok(()));
         assert!(c.iter().all(|c| c.is_true()));
-    }
-
-    #[test]
-    fn messages_never_contain_the_token() {
-        let b = binding();
-        for state in [SecretState::Missing, SecretState::KeyMissing, SecretState::KeyEmpty, SecretState::Present] {
-            for c in validate(&b, true, state) {
-                assert!(!c.message.contains("ghp_"), "{}", c.message);
-            }
-        }
     }
 }

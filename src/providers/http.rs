@@ -46,6 +46,8 @@ pub struct ClientConfig {
     pub breaker_threshold: u32,
     pub breaker_open_for: Duration,
     pub policy: EndpointPolicy,
+    /// The egress proxy the admin named (`--upstream-proxy`); never one from the environment.
+    pub proxy: Option<url::Url>,
 }
 
 impl Default for ClientConfig {
@@ -59,6 +61,7 @@ impl Default for ClientConfig {
             breaker_threshold: 5,
             breaker_open_for: Duration::from_secs(60),
             policy: EndpointPolicy::default(),
+            proxy: None,
         }
     }
 }
@@ -106,10 +109,16 @@ impl UpstreamClient {
             .timeout(config.timeout)
             .connect_timeout(Duration::from_secs(5))
             // A redirect could lead anywhere, including addresses the policy refuses.
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(super::safety::PolicyResolver(config.policy.clone())))
-            .build()
-            .expect("the HTTP client builds");
+            .redirect(reqwest::redirect::Policy::none());
+        // An environment proxy (HTTPS_PROXY) would bypass the endpoint policy: the resolver
+        // would only ever see the proxy. Only a proxy the admin names is used; the policy then
+        // checks each poll's target by name and address before the request (engine), since
+        // the proxy, not this resolver, resolves it.
+        let http = match &config.proxy {
+            Some(proxy) => http.proxy(reqwest::Proxy::all(proxy.as_str()).expect("main checked the proxy URL")),
+            None => http.no_proxy().dns_resolver(Arc::new(super::safety::PolicyResolver(config.policy.clone()))),
+        };
+        let http = http.build().expect("the HTTP client builds");
         let global = Semaphore::new(config.global_concurrency);
         Self {
             http,

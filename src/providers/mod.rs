@@ -3,6 +3,7 @@
 //! A provider turns one binding's spec into a [`Snapshot`]: counts and the newest items per
 //! capability (`codeReviews`, `pipelines`, `tickets`, `artifacts`).
 
+pub mod credential;
 pub mod github;
 pub mod gitlab;
 pub mod harbor;
@@ -63,6 +64,9 @@ pub enum ProviderError {
 
     #[error("failed to poll: {0}")]
     Config(String),
+
+    #[error("failed to use the credential: {0}")]
+    Credential(credential::Problem),
 }
 
 impl ProviderError {
@@ -77,6 +81,7 @@ impl ProviderError {
             ProviderError::Malformed { .. } => "MalformedResponse",
             ProviderError::CircuitOpen { .. } => "CircuitOpen",
             ProviderError::Config(_) => "InvalidSpec",
+            ProviderError::Credential(problem) => problem.reason().as_str(),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Endpoint safety. A tenant chooses `spec.endpoint`, but the operator makes the call from its
 //! own network position, so an endpoint could aim it at cloud metadata or internal services.
-//! Link-local and metadata addresses are always refused; private, loopback and
-//! cluster-internal addresses unless the operator was started with an allow-list; plain http
-//! unless allowed. The same rules run inside the HTTP client's DNS resolver, so a name that
+//! Link-local, metadata, `0.0.0.0/8` and `192.0.0.0/24` addresses are always refused; private,
+//! loopback, cluster-internal and translated (NAT64, 6to4) addresses unless the operator was
+//! started with an allow-list, and never when the IPv4 address inside them is refused; plain
+//! http unless allowed. The same rules run inside the HTTP client's DNS resolver, so a name that
 //! later resolves elsewhere (DNS rebinding) is refused at connect time too.
 
 use super::ProviderError;
@@ -67,14 +68,43 @@ pub struct EndpointPolicy {
     pub allow_http: bool,
 }
 
+/// The AWS (IMDS) and GCP IPv6 metadata addresses.
+const METADATA_V6: [Ipv6Addr; 2] = [Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254), Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)];
+
+/// The IPv4 address an IPv6 address stands for: IPv4-mapped `::ffff:a.b.c.d`, the deprecated
+/// IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` and 6to4 `2002:AABB:CCDD::`. Each can
+/// reach that IPv4 address, so it must pass the same checks.
+fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, _, _] => Some(low),
+        // `::` and `::1` are not IPv4-compatible addresses (RFC 4291 2.5.5.1).
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 || lo > 1 => Some(low),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0x2002, a, b, ..] => Some(Ipv4Addr::new((a >> 8) as u8, a as u8, (b >> 8) as u8, b as u8)),
+        _ => None,
+    }
+}
+
 fn always_refused(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => v4.is_link_local() || v4 == Ipv4Addr::new(100, 100, 100, 200) || v4.is_broadcast() || v4.is_multicast(),
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            v4.is_link_local()
+                || v4 == Ipv4Addr::new(100, 100, 100, 200)
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                // "this network": 0.0.0.0 reaches the host itself on Linux.
+                || a == 0
+                // IETF protocol assignments, including Oracle Cloud's metadata at 192.0.0.192.
+                || (a, b, c) == (192, 0, 0)
+        }
         IpAddr::V6(v6) => {
             (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || METADATA_V6.contains(&v6)
                 || v6.is_multicast()
-                || v6.to_ipv4_mapped().is_some_and(|v4| always_refused(IpAddr::V4(v4)))
+                || embedded_ipv4(v6).is_some_and(|v4| always_refused(IpAddr::V4(v4)))
         }
     }
 }
@@ -85,10 +115,15 @@ fn internal(ip: IpAddr) -> bool {
             v4.is_private() || v4.is_loopback() || v4.is_unspecified() || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || v6.to_ipv4_mapped().is_some_and(|v4| internal(IpAddr::V4(v4)))
+                || (s[0] & 0xfe00) == 0xfc00
+                // NAT64 (well-known and local-use prefixes) and 6to4 leave the cluster through a
+                // translator: internal unless allowed (e.g. an IPv6-only cluster with DNS64).
+                || (s[0], s[1]) == (0x64, 0xff9b)
+                || s[0] == 0x2002
+                || embedded_ipv4(v6).is_some_and(|v4| internal(IpAddr::V4(v4)))
         }
     }
 }
@@ -166,6 +201,41 @@ mod tests {
         for bad in ["169.254.169.254", "169.254.10.1", "fe80::1", "fd00:ec2::254", "::ffff:169.254.169.254"] {
             assert!(open.check_ip(ip(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn translated_and_reserved_ranges_are_refused() {
+        let open = EndpointPolicy { allowed: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()], allow_http: true };
+        let always = [
+            "0.0.0.0",
+            "0.1.2.3",
+            "192.0.0.192",
+            "192.0.0.1",
+            "fd20:ce::254",
+            "::ffff:0.0.0.0",
+            "::ffff:192.0.0.192",
+            "::169.254.169.254",
+            "64:ff9b::169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "2002:c000:00c0::",
+        ];
+        for bad in always {
+            assert!(open.check_ip(ip(bad)).is_err(), "{bad} is refused even with everything allowed");
+        }
+        // Addresses that only translate to somewhere: refused by default, allowed by the list.
+        let strict = EndpointPolicy::default();
+        for translated in ["64:ff9b::8c52:7006", "64:ff9b:1::1", "2002:8c52:7006::1", "::ffff:10.0.0.1", "::10.0.0.1", "::127.0.0.1"] {
+            assert!(strict.check_ip(ip(translated)).is_err(), "{translated}");
+        }
+        let dns64 = EndpointPolicy { allowed: vec!["64:ff9b::/96".parse().unwrap()], allow_http: false };
+        assert!(dns64.check_ip(ip("64:ff9b::8c52:7006")).is_ok(), "an IPv6-only cluster can allow its NAT64 prefix");
+        assert!(dns64.check_ip(ip("64:ff9b::a9fe:a9fe")).is_err(), "but never metadata through it");
+        // Neighbours of the refused ranges stay usable.
+        for fine in ["1.0.0.1", "192.0.1.1", "192.0.2.1", "2001:db8::1", "fd20:ce::253"] {
+            assert!(open.check_ip(ip(fine)).is_ok(), "{fine}");
+        }
+        assert!(strict.check_ip(ip("2606:50c0:8000::153")).is_ok(), "a public IPv6 address");
     }
 
     #[test]

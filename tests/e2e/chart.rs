@@ -195,8 +195,19 @@ async fn the_chart_lints_and_renders_manifests_the_api_server_accepts() {
         }
         match *set {
             "redis-deployed" | "monitoring" => {
-                assert_eq!(env["HYPERPAGE_REDIS_URL"], "redis://hp-redis:6379");
+                assert_eq!(env["HYPERPAGE_REDIS_URL"], "secret:hp-redis/url", "the URL with the generated password");
+                let auth = find(&objects, "Secret", "hp-redis").expect("the Redis password Secret");
+                let decode = |key: &str| {
+                    use base64::Engine as _;
+                    let value = auth.data["data"][key].as_str().unwrap_or_else(|| panic!("key {key}"));
+                    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(value).unwrap()).unwrap()
+                };
+                let password = decode("password");
+                assert!(password.len() >= 32, "a generated password");
+                assert_eq!(decode("url"), format!("redis://:{password}@hp-redis:6379"));
+                assert_eq!(decode("redis.conf"), format!("requirepass {password}\n"));
                 let redis = find(&objects, "Deployment", "hp-redis").expect("the Redis Deployment");
+                assert_eq!(redis.data["spec"]["template"]["spec"]["containers"][0]["args"][1], "/etc/redis/auth/redis.conf");
                 assert_eq!(redis.data["spec"]["template"]["spec"]["containers"][0]["image"], "redis:7-alpine");
                 assert!(find(&objects, "Service", "hp-redis").is_some());
             }
@@ -340,9 +351,29 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
     let env = deployment.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
     let value = |name: &str| env.iter().find(|e| e.name == name).and_then(|e| e.value.clone());
     assert_eq!(value("RUST_LOG").as_deref(), Some("debug"));
-    assert_eq!(value("HYPERPAGE_REDIS_URL").as_deref(), Some("redis://hpi-redis:6379"));
+    let redis_url = env.iter().find(|e| e.name == "HYPERPAGE_REDIS_URL").and_then(|e| e.value_from.clone()?.secret_key_ref);
+    assert_eq!(redis_url.map(|r| (r.name, r.key)), Some(("hpi-redis".into(), "url".into())), "the URL with the password, from the Secret");
+    // The generated Redis password survives an upgrade (the chart looks the Secret up).
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns.name);
+    let password = || async { secrets.get("hpi-redis").await.unwrap().data.unwrap()["password"].0.clone() };
+    let first = password().await;
+    assert!(first.len() >= 32, "a generated password");
+    helm(&[
+        "upgrade",
+        &release.name,
+        &chart,
+        "-n",
+        &ns.name,
+        "--reuse-values",
+        "--set",
+        "operator.logLevel=info",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    assert_eq!(password().await, first, "the upgrade kept the Redis password");
     let history = helm(&["history", &release.name, "-n", &ns.name]);
-    assert_eq!(history.lines().count(), 3, "two revisions: {history}");
+    assert_eq!(history.lines().count(), 4, "three revisions: {history}");
 
     let started = Instant::now();
     helm(&["uninstall", &release.name, "-n", &ns.name, "--wait", "--timeout", "60s"]);

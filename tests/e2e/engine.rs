@@ -3,7 +3,7 @@
 //! exhausted quota, and no token anywhere it does not belong.
 
 #[path = "../fakes/mod.rs"]
-mod fakes;
+pub(crate) mod fakes;
 
 use crate::support::*;
 use fakes::github::{self, Github, Repo};
@@ -74,8 +74,12 @@ async fn the_engine_fills_statuses_follows_changes_and_respects_the_quota() {
 
     let gitlab_fake = Gitlab::start(projects()).await;
     let jira_fake = Jira::start(tickets()).await;
-    let secret = |name: &str, token: &str| {
-        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData: {{token: {token}}}\n---\n")
+    // Opted in, and pinned to the fake each token is meant for.
+    let secret = |name: &str, token: &str, endpoint: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  labels: {{hyperpage.dev/credential: \"true\"}}\n  \
+             annotations: {{hyperpage.dev/endpoints: \"{endpoint}\"}}\nstringData: {{token: {token}}}\n---\n"
+        )
     };
     let binding = |name: &str, provider: &str, endpoint: &str, block: &str| {
         format!(
@@ -84,9 +88,9 @@ async fn the_engine_fills_statuses_follows_changes_and_respects_the_quota() {
         )
     };
     let manifest = [
-        secret("github-token", TOKEN),
-        secret("gitlab-token", GITLAB_TOKEN),
-        secret("jira-token", JIRA_TOKEN),
+        secret("github-token", TOKEN, &fake.url()),
+        secret("gitlab-token", GITLAB_TOKEN, &gitlab_fake.url()),
+        secret("jira-token", JIRA_TOKEN, &jira_fake.url()),
         "apiVersion: hyperpage.dev/v1alpha1\nkind: Workspace\nmetadata: {name: payments}\nspec: {refreshInterval: 30s, portal: {replicas: 1}}\n---\n"
             .to_string(),
         binding("github", "github", &fake.url(), "github: {repositories: [acme/payments-api]}\n  rateLimit: {minRemaining: 0}"),

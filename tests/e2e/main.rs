@@ -5,6 +5,7 @@ mod chart;
 mod engine;
 mod portal;
 mod support;
+mod tenancy;
 
 use hyperpage::api::conditions::{self, CREDENTIALS_VALID, PROGRESSING, READY};
 use hyperpage::api::{ToolBinding, Workspace};
@@ -166,18 +167,18 @@ async fn a_missing_secret_is_reported_and_its_creation_noticed() {
     let condition = |b: &ToolBinding, t: &str| {
         b.status.as_ref().and_then(|s| conditions::find(&s.conditions, t).map(|c| (c.status.clone(), c.reason.clone())))
     };
-    wait_for("CredentialsValid=False SecretNotFound", Duration::from_secs(30), || async {
+    wait_for("CredentialsValid=False SecretNotOptedIn", Duration::from_secs(30), || async {
         let b = bindings.get("github").await.ok()?;
-        (condition(&b, CREDENTIALS_VALID)? == ("False".into(), "SecretNotFound".into())).then_some(())
+        (condition(&b, CREDENTIALS_VALID)? == ("False".into(), "SecretNotOptedIn".into())).then_some(())
     })
     .await;
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
-    wait_for("a SecretNotFound Warning event", Duration::from_secs(30), || async {
+    wait_for("a SecretNotOptedIn Warning event", Duration::from_secs(30), || async {
         let list = events.list(&ListParams::default()).await.ok()?;
         list.items
             .iter()
             .any(|e| {
-                e.reason.as_deref() == Some("SecretNotFound")
+                e.reason.as_deref() == Some("SecretNotOptedIn")
                     && e.type_.as_deref() == Some("Warning")
                     && e.involved_object.name.as_deref() == Some("github")
             })
@@ -186,7 +187,8 @@ async fn a_missing_secret_is_reported_and_its_creation_noticed() {
     .await;
 
     let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "github-token"}, "stringData": {"token": "ghp_e2eNeverShownAnywhere"}
+        "metadata": {"name": "github-token", "labels": {"hyperpage.dev/credential": "true"}},
+        "stringData": {"token": "ghp_e2eNeverShownAnywhere"}
     }))
     .unwrap();
     Api::<Secret>::namespaced(client.clone(), &ns.name).create(&Default::default(), &secret).await.unwrap();
