@@ -111,9 +111,8 @@ impl UpstreamClient {
             // A redirect could lead anywhere, including addresses the policy refuses.
             .redirect(reqwest::redirect::Policy::none());
         // An environment proxy (HTTPS_PROXY) would bypass the endpoint policy: the resolver
-        // would only ever see the proxy. Only a proxy the admin names is used; the policy then
-        // checks each poll's target by name and address before the request (engine), since
-        // the proxy, not this resolver, resolves it.
+        // would only ever see the proxy. Only a proxy the admin names is used; `get_json` then
+        // checks each target by name and address before the request.
         let http = match &config.proxy {
             Some(proxy) => http.proxy(reqwest::Proxy::all(proxy.as_str()).expect("main checked the proxy URL")),
             None => http.no_proxy().dns_resolver(Arc::new(super::safety::PolicyResolver(config.policy.clone()))),
@@ -193,6 +192,10 @@ impl UpstreamClient {
         let url = &request.url;
         let host = url.host_str().unwrap_or_default().to_string();
         let fingerprint = &request.credential.fingerprint;
+        // Through a proxy the resolver never sees the target: check it here, every request.
+        if self.config.proxy.is_some() {
+            self.config.policy.check(url).await?;
+        }
         self.check_breaker(&host, now)?;
         self.seed_ledger(fingerprint).await;
         self.ledger.check(fingerprint, request.reserve, now)?;
