@@ -80,15 +80,22 @@ impl Context {
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
         let want = serde_json::to_value(desired).map_err(|source| Error::Serialize { kind, source })?;
+        let mut body = want;
         if let Some(live) = store.get(&ObjectRef::new(&name).within(&namespace)) {
             let have = serde_json::to_value(&*live).map_err(|source| Error::Serialize { kind, source })?;
-            if is_subset(&want, &have) {
+            if is_subset(&body, &have) {
                 return Ok(false);
+            }
+            // The live object's uid makes the apply a precondition: should that object have
+            // been replaced by someone else's since the cache saw it, the API server refuses
+            // ("uid mismatch") instead of applying over the newcomer.
+            if let Some(uid) = live.uid() {
+                body["metadata"]["uid"] = serde_json::Value::String(uid);
             }
         }
         self.ensure_leader()?;
         let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await.map_err(|source| Error::Apply {
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await.map_err(|source| Error::Apply {
             kind,
             name: name.clone(),
             source,

@@ -268,6 +268,7 @@ async fn drift_in_a_child_is_repaired_with_one_apply() {
     // Someone edits the Service by hand.
     let mut service = children::build(&ws, &ctx.build).service;
     service.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+    service.metadata.uid = Some("5e7c1c5e-0000-4000-8000-00000000000a".into());
     seen(&mut caches.services, service);
 
     workspace::reconcile(Arc::new(ws), ctx).await.unwrap();
@@ -275,6 +276,8 @@ async fn drift_in_a_child_is_repaired_with_one_apply() {
     let w = api.take();
     let paths: Vec<_> = writes(&w).iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths, ["/api/v1/namespaces/team-payments/services/payments-portal"]);
+    // Applied only over that very object: its uid is the apply's precondition.
+    assert_eq!(writes(&w)[0].body["metadata"]["uid"], "5e7c1c5e-0000-4000-8000-00000000000a");
 }
 
 #[tokio::test]
