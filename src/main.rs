@@ -344,3 +344,42 @@ fn write_crds(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error + S
 fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error + Send + Sync>> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(args: &[&str]) -> Result<Policy, String> {
+        let argv =
+            ["hyperpage", "operator", "--portal-image", "registry.example.com/hp/hyperpage:1.2.3"].into_iter().chain(args.iter().copied());
+        match Cli::try_parse_from(argv).expect("arguments parse").command {
+            Command::Operator(operator) => operator.policy.into_policy(&operator.portal_image),
+            _ => unreachable!("an operator command"),
+        }
+    }
+
+    #[test]
+    fn the_default_policy_denies_every_escalation() {
+        let p = policy(&[]).unwrap();
+        assert_eq!(p, Policy::restrictive("registry.example.com/hp/hyperpage:1.2.3"));
+        assert_eq!(p.allowed_images, ["registry.example.com/hp/hyperpage"], "the repository of --portal-image");
+    }
+
+    #[test]
+    fn policy_flags_are_parsed_and_bad_ones_refused_with_the_flag_named() {
+        let p = policy(&[
+            "--policy-allowed-service-types=ClusterIP,LoadBalancer",
+            "--policy-ingress-host-suffixes={namespace}.apps.example.com",
+            r#"--policy-ingress-annotations={"cert-manager.io/cluster-issuer":"letsencrypt"}"#,
+            "--ingress-controller-namespace=ingress-nginx",
+        ])
+        .unwrap();
+        assert_eq!(p.allowed_service_types, [ServiceType::ClusterIP, ServiceType::LoadBalancer]);
+        assert_eq!(p.ingress.annotations["cert-manager.io/cluster-issuer"], "letsencrypt");
+        assert_eq!(p.ingress_controller_namespace.as_deref(), Some("ingress-nginx"));
+        let error = policy(&["--policy-allowed-service-types=ExternalName"]).unwrap_err();
+        assert!(error.contains("--policy-allowed-service-types") && error.contains("ExternalName"), "{error}");
+        let error = policy(&["--policy-ingress-annotations=cert-manager.io/issuer=x"]).unwrap_err();
+        assert!(error.contains("--policy-ingress-annotations"), "{error}");
+    }
+}
