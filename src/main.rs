@@ -1,8 +1,10 @@
 //! The `hyperpage` binary: `operator`, `portal`, `crd`, `version`.
 
 use clap::{Args, Parser, Subcommand};
+use hyperpage::api::workspace::ServiceType;
 use hyperpage::engine::EngineConfig;
 use hyperpage::lease::LeaseConfig;
+use hyperpage::operator::policy::{IngressPolicy, Policy, image_repository};
 use hyperpage::operator::{OperatorConfig, children::BuildConfig};
 use hyperpage::portal::PortalConfig;
 use hyperpage::providers::http::ClientConfig;
@@ -120,6 +122,97 @@ struct OperatorArgs {
     /// Time limit of one upstream request.
     #[arg(long, env = "HYPERPAGE_UPSTREAM_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     upstream_timeout: Duration,
+
+    /// Watch and act only in these namespaces (comma-separated); empty: the whole cluster.
+    #[arg(long, env = "HYPERPAGE_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+/// The admin policy: what a Workspace may ask for. Everything not allowed here is refused
+/// with `Ready=False` reason `PolicyViolation`.
+#[derive(Args)]
+struct PolicyArgs {
+    /// Image prefixes a Workspace's portal or sidecar image must start with (comma-separated;
+    /// matched at a '/', ':' or '@' boundary). Default: the repository of --portal-image.
+    #[arg(long, env = "HYPERPAGE_POLICY_ALLOWED_IMAGES", value_delimiter = ',')]
+    policy_allowed_images: Vec<String>,
+
+    /// Service types a Workspace may ask for (comma-separated: ClusterIP, NodePort, LoadBalancer).
+    #[arg(long, env = "HYPERPAGE_POLICY_ALLOWED_SERVICE_TYPES", value_delimiter = ',', default_value = "ClusterIP")]
+    policy_allowed_service_types: Vec<String>,
+
+    /// DNS suffixes an Ingress host must end in (comma-separated; `{namespace}` stands for the
+    /// Workspace's namespace). Empty: no Ingress is allowed. Wildcard hosts are always refused.
+    #[arg(long, env = "HYPERPAGE_POLICY_INGRESS_HOST_SUFFIXES", value_delimiter = ',')]
+    policy_ingress_host_suffixes: Vec<String>,
+
+    /// IngressClass names a Workspace may pick (comma-separated); empty: any.
+    #[arg(long, env = "HYPERPAGE_POLICY_INGRESS_CLASS_NAMES", value_delimiter = ',')]
+    policy_ingress_class_names: Vec<String>,
+
+    /// Allow an Ingress without TLS (plain HTTP).
+    #[arg(long, env = "HYPERPAGE_POLICY_INGRESS_ALLOW_WITHOUT_TLS", default_value_t = false, action = clap::ArgAction::Set)]
+    policy_ingress_allow_without_tls: bool,
+
+    /// Annotations put on every portal Ingress, as a JSON object (e.g.
+    /// '{"cert-manager.io/cluster-issuer":"letsencrypt"}').
+    #[arg(long, env = "HYPERPAGE_POLICY_INGRESS_ANNOTATIONS")]
+    policy_ingress_annotations: Option<String>,
+
+    /// Namespace of the ingress controller: its pods may reach the portals (NetworkPolicy).
+    #[arg(long, env = "HYPERPAGE_INGRESS_CONTROLLER_NAMESPACE")]
+    ingress_controller_namespace: Option<String>,
+
+    /// Allow `spec.portal.access.mode: public` (portals anyone who reaches them may read).
+    #[arg(long, env = "HYPERPAGE_ALLOW_PUBLIC_PORTALS", default_value_t = false, action = clap::ArgAction::Set)]
+    allow_public_portals: bool,
+}
+
+impl PolicyArgs {
+    fn into_policy(self, portal_image: &str) -> Result<Policy, String> {
+        let non_empty =
+            |items: Vec<String>| -> Vec<String> { items.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect() };
+        let mut allowed_images = non_empty(self.policy_allowed_images);
+        if allowed_images.is_empty() {
+            allowed_images.push(image_repository(portal_image).to_string());
+        }
+        let mut service_types = non_empty(self.policy_allowed_service_types);
+        if service_types.is_empty() {
+            // ClusterIP is what every portal needs; an empty list cannot mean "none".
+            service_types.push("ClusterIP".into());
+        }
+        let allowed_service_types = service_types
+            .iter()
+            .map(|t| match t.as_str() {
+                "ClusterIP" => Ok(ServiceType::ClusterIP),
+                "NodePort" => Ok(ServiceType::NodePort),
+                "LoadBalancer" => Ok(ServiceType::LoadBalancer),
+                other => {
+                    Err(format!("failed to parse --policy-allowed-service-types: {other:?} is not ClusterIP, NodePort or LoadBalancer"))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let annotations = match self.policy_ingress_annotations.as_deref().map(str::trim) {
+            None | Some("") => Default::default(),
+            Some(json) => serde_json::from_str(json)
+                .map_err(|e| format!("failed to parse --policy-ingress-annotations as a JSON object of strings: {e}"))?,
+        };
+        Ok(Policy {
+            allowed_images,
+            allowed_service_types,
+            ingress: IngressPolicy {
+                allowed_host_suffixes: non_empty(self.policy_ingress_host_suffixes),
+                allowed_class_names: non_empty(self.policy_ingress_class_names),
+                allow_without_tls: self.policy_ingress_allow_without_tls,
+                annotations,
+            },
+            ingress_controller_namespace: self.ingress_controller_namespace.map(|ns| ns.trim().to_string()).filter(|ns| !ns.is_empty()),
+            allow_public_portals: self.allow_public_portals,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -202,14 +295,24 @@ async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Erro
     } else {
         None
     };
-    tracing::info!(version = hyperpage::VERSION, leader_elect = lease.is_some(), polling = engine.is_some(), "starting hyperpage operator");
+    let policy = args.policy.into_policy(&args.portal_image)?;
+    let watch_namespaces: Vec<String> = args.watch_namespaces.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+    tracing::info!(
+        version = hyperpage::VERSION,
+        leader_elect = lease.is_some(),
+        polling = engine.is_some(),
+        ?watch_namespaces,
+        ?policy,
+        "starting hyperpage operator"
+    );
     let config = OperatorConfig {
         admin_address: args.admin_address,
         lease,
-        build: BuildConfig { portal_image: args.portal_image },
+        build: BuildConfig { portal_image: args.portal_image, policy },
         resync: args.resync,
         concurrency: args.concurrency.max(1),
         engine,
+        watch_namespaces,
     };
     hyperpage::operator::run(kube_config, config).await
 }
@@ -261,4 +364,43 @@ fn write_crds(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error + S
 
 fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error + Send + Sync>> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(args: &[&str]) -> Result<Policy, String> {
+        let argv =
+            ["hyperpage", "operator", "--portal-image", "registry.example.com/hp/hyperpage:1.2.3"].into_iter().chain(args.iter().copied());
+        match Cli::try_parse_from(argv).expect("arguments parse").command {
+            Command::Operator(operator) => operator.policy.into_policy(&operator.portal_image),
+            _ => unreachable!("an operator command"),
+        }
+    }
+
+    #[test]
+    fn the_default_policy_denies_every_escalation() {
+        let p = policy(&[]).unwrap();
+        assert_eq!(p, Policy::restrictive("registry.example.com/hp/hyperpage:1.2.3"));
+        assert_eq!(p.allowed_images, ["registry.example.com/hp/hyperpage"], "the repository of --portal-image");
+    }
+
+    #[test]
+    fn policy_flags_are_parsed_and_bad_ones_refused_with_the_flag_named() {
+        let p = policy(&[
+            "--policy-allowed-service-types=ClusterIP,LoadBalancer",
+            "--policy-ingress-host-suffixes={namespace}.apps.example.com",
+            r#"--policy-ingress-annotations={"cert-manager.io/cluster-issuer":"letsencrypt"}"#,
+            "--ingress-controller-namespace=ingress-nginx",
+        ])
+        .unwrap();
+        assert_eq!(p.allowed_service_types, [ServiceType::ClusterIP, ServiceType::LoadBalancer]);
+        assert_eq!(p.ingress.annotations["cert-manager.io/cluster-issuer"], "letsencrypt");
+        assert_eq!(p.ingress_controller_namespace.as_deref(), Some("ingress-nginx"));
+        let error = policy(&["--policy-allowed-service-types=ExternalName"]).unwrap_err();
+        assert!(error.contains("--policy-allowed-service-types") && error.contains("ExternalName"), "{error}");
+        let error = policy(&["--policy-ingress-annotations=cert-manager.io/issuer=x"]).unwrap_err();
+        assert!(error.contains("--policy-ingress-annotations"), "{error}");
+    }
 }

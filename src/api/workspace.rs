@@ -89,6 +89,49 @@ pub struct PortalSpec {
     /// http://localhost:8080/api/v1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarSpec>,
+
+    /// Who may open the portal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<PortalAccessSpec>,
+}
+
+impl PortalSpec {
+    /// The access mode the spec asks for (`kubernetes` when unset). The operator's policy
+    /// decides whether it is granted; the portal is told the effective mode, never this.
+    pub fn requested_access_mode(&self) -> AccessMode {
+        self.access.as_ref().map(|a| a.mode).unwrap_or_default()
+    }
+}
+
+/// Who may open the portal.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PortalAccessSpec {
+    /// `kubernetes` (default): a signed-in user or a bearer token, allowed only when
+    /// Kubernetes RBAC lets that identity `get` this Workspace. `public`: anyone who can
+    /// reach the portal; accepted only when the operator's policy allows public portals
+    /// (`policy.allowPublicPortals`), otherwise the Workspace reports PolicyViolation.
+    #[serde(default)]
+    pub mode: AccessMode,
+}
+
+/// How the portal decides who may see it.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum AccessMode {
+    #[default]
+    Kubernetes,
+    Public,
+}
+
+impl AccessMode {
+    /// The value of the portal's `--access-mode` / `HYPERPAGE_ACCESS_MODE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::Kubernetes => "kubernetes",
+            AccessMode::Public => "public",
+        }
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -104,6 +147,7 @@ impl Default for PortalSpec {
             service: PortalServiceSpec::default(),
             ingress: None,
             sidecar: None,
+            access: None,
         }
     }
 }

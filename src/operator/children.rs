@@ -3,6 +3,7 @@
 //! Nothing here talks to the API server, so every rule about what a portal looks like
 //! (security context, probes, labels, when a PDB exists) is unit-tested with YAML fixtures.
 
+use super::policy::{self, Policy};
 use crate::api::workspace::{PortalSpec, Workspace};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
@@ -12,7 +13,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec as K8sIngressSpec,
-    IngressTLS, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec, ServiceBackendPort,
+    IngressTLS, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec, ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -31,11 +32,26 @@ pub const WORKSPACE_LABEL: &str = "hyperpage.dev/workspace";
 /// Port `hyperpage portal` serves its page, API and probes on.
 pub const PORTAL_PORT: i32 = 8080;
 
+/// Label every namespace carries (set by the API server): what the NetworkPolicy selects.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// Env var telling `hyperpage portal` its effective access mode.
+pub const ACCESS_MODE_ENV: &str = "HYPERPAGE_ACCESS_MODE";
+
 /// What the operator knows that the Workspace does not say.
 #[derive(Clone, Debug)]
 pub struct BuildConfig {
     /// Image that runs `hyperpage portal` (the operator's own image by default).
     pub portal_image: String,
+    /// The platform's admin policy.
+    pub policy: Policy,
+}
+
+impl BuildConfig {
+    /// The default-deny policy for `portal_image` (see [`Policy::restrictive`]).
+    pub fn new(portal_image: impl Into<String>) -> Self {
+        let portal_image = portal_image.into();
+        Self { policy: Policy::restrictive(&portal_image), portal_image }
+    }
 }
 
 /// Every child of one Workspace. Optional children are `None` when they must not exist.
@@ -67,6 +83,11 @@ pub fn portal_url(ws: &Workspace) -> String {
         let scheme = if ingress.tls_secret_name.is_some() { "https" } else { "http" };
         return format!("{scheme}://{}/", ingress.host);
     }
+    service_url(ws)
+}
+
+/// The in-cluster address of the portal's Service.
+pub fn service_url(ws: &Workspace) -> String {
     let ns = ws.namespace().unwrap_or_default();
     let port = ws.spec.portal.service.port;
     let port_part = if port == 80 { String::new() } else { format!(":{port}") };
@@ -100,6 +121,30 @@ fn owner_reference(ws: &Workspace) -> OwnerReference {
     }
 }
 
+/// Whether a live object is this Workspace's own child: labelled for the operator and owned
+/// (by uid) by this Workspace. Anything else with a child's name is never applied over.
+pub fn is_owned_by(meta: &ObjectMeta, ws: &Workspace) -> bool {
+    let labelled = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).is_some_and(|v| v == MANAGED_BY.1);
+    let uid = ws.uid();
+    let owned =
+        meta.owner_references.iter().flatten().any(|o| {
+            o.kind == Workspace::kind(&()) && o.api_version.starts_with(crate::api::GROUP) && uid.as_deref() == Some(o.uid.as_str())
+        });
+    labelled && owned
+}
+
+/// `desired` with the container images of `live` (matched by container name): how a
+/// Deployment whose new image the policy refuses still gets every other change. `None` when
+/// a container has no running counterpart (nothing accepted to keep).
+pub fn keep_images(desired: &Deployment, live: &Deployment) -> Option<Deployment> {
+    let live_containers = &live.spec.as_ref()?.template.spec.as_ref()?.containers;
+    let mut kept = desired.clone();
+    for container in &mut kept.spec.as_mut()?.template.spec.as_mut()?.containers {
+        container.image = live_containers.iter().find(|c| c.name == container.name)?.image.clone();
+    }
+    Some(kept)
+}
+
 fn metadata(ws: &Workspace) -> ObjectMeta {
     ObjectMeta {
         name: Some(child_name(&ws.name_any())),
@@ -117,8 +162,8 @@ pub fn build(ws: &Workspace, config: &BuildConfig) -> Children {
         role_binding: role_binding(ws),
         deployment: deployment(ws, config),
         service: service(ws),
-        network_policy: network_policy(ws),
-        ingress: ingress(ws),
+        network_policy: network_policy(ws, &config.policy),
+        ingress: ingress(ws, &config.policy),
         pod_disruption_budget: pod_disruption_budget(ws),
     }
 }
@@ -216,6 +261,12 @@ fn hyperpage_container(ws: &Workspace, portal: &PortalSpec, config: &BuildConfig
                 ..Default::default()
             },
             EnvVar { name: "HYPERPAGE_WORKSPACE".into(), value: Some(ws.name_any()), ..Default::default() },
+            // The effective mode, never the spec's wish: a refused `public` runs with sign-in.
+            EnvVar {
+                name: ACCESS_MODE_ENV.into(),
+                value: Some(policy::effective_access_mode(ws, &config.policy).as_str().into()),
+                ..Default::default()
+            },
         ]),
         ports: Some(vec![port(port_name, PORTAL_PORT)]),
         liveness_probe: Some(http_probe("/healthz", port_name, 10)),
@@ -324,9 +375,23 @@ fn service(ws: &Workspace) -> Service {
     }
 }
 
-/// Only the portal's serving port is reachable; the pod needs no other inbound traffic.
-fn network_policy(ws: &Workspace) -> NetworkPolicy {
+/// Only the portal's serving port is reachable, and only from pods of the Workspace's own
+/// namespace and of the ingress controller's namespace (policy): not from every namespace.
+fn network_policy(ws: &Workspace, policy: &Policy) -> NetworkPolicy {
     let serving_port = ws.spec.portal.sidecar.as_ref().map_or(PORTAL_PORT, |s| s.port);
+    let own = ws.namespace().unwrap_or_default();
+    let mut sources = vec![own.clone()];
+    sources.extend(policy.ingress_controller_namespace.clone().filter(|ns| !ns.is_empty() && *ns != own));
+    let from = sources
+        .into_iter()
+        .map(|namespace| NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), namespace)])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
     NetworkPolicy {
         metadata: metadata(ws),
         spec: Some(NetworkPolicySpec {
@@ -338,14 +403,14 @@ fn network_policy(ws: &Workspace) -> NetworkPolicy {
                     protocol: Some("TCP".into()),
                     ..Default::default()
                 }]),
-                ..Default::default()
+                from: Some(from),
             }]),
             ..Default::default()
         }),
     }
 }
 
-fn ingress(ws: &Workspace) -> Option<Ingress> {
+fn ingress(ws: &Workspace, policy: &Policy) -> Option<Ingress> {
     let spec = ws.spec.portal.ingress.as_ref()?;
     let backend = IngressBackend {
         service: Some(IngressServiceBackend {
@@ -354,8 +419,11 @@ fn ingress(ws: &Workspace) -> Option<Ingress> {
         }),
         ..Default::default()
     };
+    let mut meta = metadata(ws);
+    // The platform's annotations (e.g. cert-manager's issuer); a tenant sets none.
+    meta.annotations = (!policy.ingress.annotations.is_empty()).then(|| policy.ingress.annotations.clone());
     Some(Ingress {
-        metadata: metadata(ws),
+        metadata: meta,
         spec: Some(K8sIngressSpec {
             ingress_class_name: spec.class_name.clone(),
             tls: spec
@@ -396,7 +464,7 @@ mod tests {
     }
 
     fn config() -> BuildConfig {
-        BuildConfig { portal_image: "ghcr.io/hyperpage-dev/hyperpage:0.1.0".into() }
+        BuildConfig::new("ghcr.io/hyperpage-dev/hyperpage:0.1.0")
     }
 
     const BASIC: &str = include_str!("../../tests/fixtures/workspace-basic.yaml");
@@ -464,7 +532,7 @@ mod tests {
         assert_eq!(container.image.as_deref(), Some("ghcr.io/hyperpage-dev/hyperpage:0.1.0"));
         assert_eq!(container.args.as_deref(), Some(&["portal".to_string()][..]));
         let env: Vec<_> = container.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(env, ["HYPERPAGE_NAMESPACE", "HYPERPAGE_WORKSPACE"]);
+        assert_eq!(env, ["HYPERPAGE_NAMESPACE", "HYPERPAGE_WORKSPACE", ACCESS_MODE_ENV]);
         assert_eq!(c.deployment.spec.as_ref().unwrap().replicas, Some(1));
         let rule = &c.role.rules.as_ref().unwrap()[0];
         assert_eq!(rule.verbs, ["get", "list", "watch"], "the portal's Role is read-only");
@@ -511,5 +579,87 @@ mod tests {
         let c = build(&fixture(SUSPENDED), &config());
         assert_eq!(c.deployment.spec.unwrap().replicas, Some(0));
         assert!(c.pod_disruption_budget.is_none());
+    }
+
+    fn access_mode(c: &Children) -> String {
+        let env = pod_spec(c).containers[0].env.clone().unwrap();
+        env.iter().find(|e| e.name == ACCESS_MODE_ENV).and_then(|e| e.value.clone()).unwrap()
+    }
+
+    #[test]
+    fn the_portal_is_told_the_effective_access_mode_not_the_specs() {
+        let mut ws = fixture(BASIC);
+        assert_eq!(access_mode(&build(&ws, &config())), "kubernetes");
+        ws.spec.portal.access = Some(crate::api::workspace::PortalAccessSpec { mode: crate::api::workspace::AccessMode::Public });
+        assert_eq!(access_mode(&build(&ws, &config())), "kubernetes", "public refused by the default policy");
+        let mut open = config();
+        open.policy.allow_public_portals = true;
+        assert_eq!(access_mode(&build(&ws, &open)), "public");
+        let sidecar = build(&fixture(SIDECAR), &config());
+        let api = pod_spec(&sidecar).containers.iter().find(|c| c.name == "hyperpage-api").unwrap();
+        assert!(api.env.as_ref().unwrap().iter().any(|e| e.name == ACCESS_MODE_ENV), "the API beside a sidecar is told too");
+    }
+
+    fn sources(np: &NetworkPolicy) -> Vec<String> {
+        let rule = &np.spec.as_ref().unwrap().ingress.as_ref().unwrap()[0];
+        rule.from
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|peer| {
+                assert!(peer.pod_selector.is_none() && peer.ip_block.is_none(), "whole namespaces only: {peer:?}");
+                peer.namespace_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[NAMESPACE_NAME_LABEL].clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_network_policy_admits_only_the_own_and_the_ingress_controllers_namespace() {
+        let ws = fixture(BASIC);
+        assert_eq!(sources(&build(&ws, &config()).network_policy), ["team-payments"]);
+        let mut with_controller = config();
+        with_controller.policy.ingress_controller_namespace = Some("ingress-nginx".into());
+        assert_eq!(sources(&build(&ws, &with_controller).network_policy), ["team-payments", "ingress-nginx"]);
+    }
+
+    #[test]
+    fn the_ingress_carries_the_platforms_annotations() {
+        let ws = fixture(HA);
+        assert!(build(&ws, &config()).ingress.unwrap().metadata.annotations.is_none());
+        let mut platform = config();
+        platform.policy.ingress.annotations = BTreeMap::from([("cert-manager.io/cluster-issuer".into(), "letsencrypt".into())]);
+        let annotations = build(&ws, &platform).ingress.unwrap().metadata.annotations.unwrap();
+        assert_eq!(annotations["cert-manager.io/cluster-issuer"], "letsencrypt");
+    }
+
+    #[test]
+    fn only_labelled_objects_owned_by_this_workspace_are_its_children() {
+        let ws = fixture(BASIC);
+        let ours = build(&ws, &config()).service.metadata;
+        assert!(is_owned_by(&ours, &ws));
+        let mut unlabelled = ours.clone();
+        unlabelled.labels = None;
+        assert!(!is_owned_by(&unlabelled, &ws), "someone's Service with the same name");
+        let mut orphan = ours.clone();
+        orphan.owner_references = None;
+        assert!(!is_owned_by(&orphan, &ws), "labelled but owned by nobody");
+        let mut other = ws.clone();
+        other.metadata.uid = Some("another-uid".into());
+        assert!(!is_owned_by(&ours, &other), "a recreated Workspace of the same name does not inherit");
+    }
+
+    #[test]
+    fn a_refused_image_keeps_the_running_one_and_nothing_else() {
+        let ws = fixture(BASIC);
+        let live = build(&ws, &config()).deployment;
+        let mut changed = ws.clone();
+        changed.spec.portal.replicas = 4;
+        changed.spec.portal.image = Some("docker.io/evil/portal:1".into());
+        let kept = keep_images(&build(&changed, &config()).deployment, &live).unwrap();
+        let spec = kept.spec.unwrap();
+        assert_eq!(spec.replicas, Some(4), "other changes go through");
+        assert_eq!(spec.template.spec.unwrap().containers[0].image.as_deref(), Some("ghcr.io/hyperpage-dev/hyperpage:0.1.0"));
+        let sidecar = build(&fixture(SIDECAR), &config()).deployment;
+        assert!(keep_images(&sidecar, &live).is_none(), "a new container has no accepted image to keep");
     }
 }

@@ -1,6 +1,6 @@
 //! What every reconcile shares: the client, the caches, the fence and the telemetry.
 
-use super::children::{BuildConfig, FIELD_MANAGER};
+use super::children::{BuildConfig, FIELD_MANAGER, is_owned_by};
 use super::diff::is_subset;
 use super::error::{Error, backoff};
 use crate::api::{ToolBinding, Workspace};
@@ -80,15 +80,22 @@ impl Context {
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
         let want = serde_json::to_value(desired).map_err(|source| Error::Serialize { kind, source })?;
+        let mut body = want;
         if let Some(live) = store.get(&ObjectRef::new(&name).within(&namespace)) {
             let have = serde_json::to_value(&*live).map_err(|source| Error::Serialize { kind, source })?;
-            if is_subset(&want, &have) {
+            if is_subset(&body, &have) {
                 return Ok(false);
+            }
+            // The live object's uid makes the apply a precondition: should that object have
+            // been replaced by someone else's since the cache saw it, the API server refuses
+            // ("uid mismatch") instead of applying over the newcomer.
+            if let Some(uid) = live.uid() {
+                body["metadata"]["uid"] = serde_json::Value::String(uid);
             }
         }
         self.ensure_leader()?;
         let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired)).await.map_err(|source| Error::Apply {
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await.map_err(|source| Error::Apply {
             kind,
             name: name.clone(),
             source,
@@ -98,13 +105,44 @@ impl Context {
         Ok(true)
     }
 
-    /// Deletes a child that must no longer exist (a PDB after scaling to one replica, an
-    /// Ingress after it was removed from the spec), if the cache says it is there.
-    pub async fn delete_if_present<K>(&self, controller: &'static str, store: &Store<K>, namespace: &str, name: &str) -> Result<bool, Error>
+    /// `Kind/name` when an object with the name of `desired` exists but is not `owner`'s own
+    /// child (unlabelled, or not owned by it): the operator must leave it alone. The label
+    /// selected caches only hold labelled objects, so a name missing there is read once.
+    pub async fn foreign_object<K>(&self, store: &Store<K>, desired: &K, owner: &Workspace) -> Result<Option<String>, Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
     {
-        if store.get(&ObjectRef::new(name).within(namespace)).is_none() {
+        let kind = kind_of::<K>();
+        let name = desired.name_any();
+        let namespace = desired.namespace().unwrap_or_default();
+        let owned = match store.get(&ObjectRef::new(&name).within(&namespace)) {
+            Some(live) => is_owned_by(live.meta(), owner),
+            None => {
+                let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+                match api.get_opt(&name).await.map_err(|source| Error::Read { kind, name: name.clone(), source })? {
+                    Some(live) => is_owned_by(live.meta(), owner),
+                    None => true,
+                }
+            }
+        };
+        Ok((!owned).then(|| format!("{kind}/{name}")))
+    }
+
+    /// Deletes a child that must no longer exist (a PDB after scaling to one replica, an
+    /// Ingress after it was removed from the spec), if the cache says `owner` owns it.
+    pub async fn delete_if_present<K>(
+        &self,
+        controller: &'static str,
+        store: &Store<K>,
+        owner: &Workspace,
+        name: &str,
+    ) -> Result<bool, Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    {
+        let namespace = owner.namespace().unwrap_or_default();
+        let namespace = namespace.as_str();
+        if !store.get(&ObjectRef::new(name).within(namespace)).is_some_and(|live| is_owned_by(live.meta(), owner)) {
             return Ok(false);
         }
         self.ensure_leader()?;

@@ -7,6 +7,9 @@ pub enum Error {
     #[error("failed to apply {kind} {name}: {source}")]
     Apply { kind: &'static str, name: String, source: kube::Error },
 
+    #[error("failed to read {kind} {name}: {source}")]
+    Read { kind: &'static str, name: String, source: kube::Error },
+
     #[error("failed to delete {kind} {name}: {source}")]
     Delete { kind: &'static str, name: String, source: kube::Error },
 
@@ -32,6 +35,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Apply { .. } => "apply",
+            Error::Read { .. } => "read",
             Error::Delete { .. } => "delete",
             Error::Status { .. } => "status",
             Error::ReadSecret(_) => "secret",

@@ -4,6 +4,8 @@ pub mod children;
 pub mod context;
 pub mod diff;
 pub mod error;
+pub mod policy;
+pub mod scope;
 pub mod toolbinding;
 pub mod workspace;
 
@@ -24,20 +26,17 @@ use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, PartialObjectMeta};
+use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use scope::Scope;
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// Events a slow subscriber may fall behind by before the shared watch waits for it.
-const SUBSCRIBE_BUFFER: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
@@ -49,6 +48,8 @@ pub struct OperatorConfig {
     pub concurrency: u16,
     /// The aggregation engine's settings; `None` turns polling off.
     pub engine: Option<EngineConfig>,
+    /// Namespaces to watch and act in; empty: the whole cluster.
+    pub watch_namespaces: Vec<String>,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -137,46 +138,24 @@ async fn shutdown_signal() {
     }
 }
 
-/// A shared, managedFields-free watch cache of `K`, and the future that keeps it current.
-fn shared_cache<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> (Store<K>, ReflectHandle<K>, ReflectHandle<K>, impl std::future::Future<Output = ()>)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store_shared(SUBSCRIBE_BUFFER);
-    let first = writer.subscribe().expect("shared stores hand out subscribers");
-    let second = writer.subscribe().expect("shared stores hand out subscribers");
-    let kind = K::kind(&()).to_string();
-    let drive = watcher(api, config).default_backoff().modify(|o: &mut K| o.managed_fields_mut().clear()).reflect_shared(writer).for_each(
-        move |event| {
-            if let Err(error) = event {
-                tracing::warn!(%error, kind = %kind, "watch failed; retrying");
-            }
-            std::future::ready(())
-        },
-    );
-    (reader, first, second, drive)
-}
-
 fn managed_children() -> watcher::Config {
     watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
 }
 
 /// Runs both controllers until dropped.
 async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, metrics: Metrics, readiness: Readiness) {
+    let scope = Scope::new(client.clone(), config.watch_namespaces.clone());
     let all = watcher::Config::default;
-    let (workspaces, ws_for_ws, ws_for_tb, ws_drive) = shared_cache::<Workspace>(Api::all(client.clone()), all());
-    let (bindings, tb_for_tb, tb_for_ws, tb_drive) = shared_cache::<ToolBinding>(Api::all(client.clone()), all());
-    let (deployments, deploy_sub, _, deploy_drive) = shared_cache::<Deployment>(Api::all(client.clone()), managed_children());
-    let (services, svc_sub, _, svc_drive) = shared_cache::<Service>(Api::all(client.clone()), managed_children());
-    let (service_accounts, sa_sub, _, sa_drive) = shared_cache::<ServiceAccount>(Api::all(client.clone()), managed_children());
-    let (roles, role_sub, _, role_drive) = shared_cache::<Role>(Api::all(client.clone()), managed_children());
-    let (role_bindings, rb_sub, _, rb_drive) = shared_cache::<RoleBinding>(Api::all(client.clone()), managed_children());
-    let (network_policies, np_sub, _, np_drive) = shared_cache::<NetworkPolicy>(Api::all(client.clone()), managed_children());
-    let (ingresses, ing_sub, _, ing_drive) = shared_cache::<Ingress>(Api::all(client.clone()), managed_children());
-    let (pdbs, pdb_sub, _, pdb_drive) = shared_cache::<PodDisruptionBudget>(Api::all(client.clone()), managed_children());
+    let (workspaces, ws_for_ws, ws_for_tb, ws_drive) = scope.shared_cache::<Workspace>(all());
+    let (bindings, tb_for_tb, tb_for_ws, tb_drive) = scope.shared_cache::<ToolBinding>(all());
+    let (deployments, deploy_sub, _, deploy_drive) = scope.shared_cache::<Deployment>(managed_children());
+    let (services, svc_sub, _, svc_drive) = scope.shared_cache::<Service>(managed_children());
+    let (service_accounts, sa_sub, _, sa_drive) = scope.shared_cache::<ServiceAccount>(managed_children());
+    let (roles, role_sub, _, role_drive) = scope.shared_cache::<Role>(managed_children());
+    let (role_bindings, rb_sub, _, rb_drive) = scope.shared_cache::<RoleBinding>(managed_children());
+    let (network_policies, np_sub, _, np_drive) = scope.shared_cache::<NetworkPolicy>(managed_children());
+    let (ingresses, ing_sub, _, ing_drive) = scope.shared_cache::<Ingress>(managed_children());
+    let (pdbs, pdb_sub, _, pdb_drive) = scope.shared_cache::<PodDisruptionBudget>(managed_children());
     let drives = futures::future::join_all(vec![
         ws_drive.boxed(),
         tb_drive.boxed(),
@@ -255,7 +234,7 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
         .run(after(synced_rx.clone(), workspace::reconcile), error_policy::<Workspace>, ctx.clone())
         .for_each(log_result("workspace"));
 
-    let secret_triggers = secret_metadata_changes(client.clone());
+    let secret_triggers = secret_metadata_changes(scope.clone());
     let bindings_for_secret = bindings.clone();
     let bindings_for_workspace = bindings.clone();
     let binding_controller = Controller::for_shared_stream(tb_for_tb, bindings.clone())
@@ -335,12 +314,10 @@ async fn caches_synced(stores: &Stores) {
 /// Changes of opted-in Secrets, metadata only (`PartialObjectMeta` makes kube ask for
 /// metadata): no values, and of unlabelled Secrets not even the names. A label removed or
 /// added shows up as a delete or an add, so the bindings naming the Secret are re-checked.
-fn secret_metadata_changes(client: Client) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send {
+fn secret_metadata_changes(scope: Scope) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send {
     let opted_in = watcher::Config::default().labels(&format!("{}=true", crate::providers::credential::LABEL));
-    watcher(Api::<PartialObjectMeta<Secret>>::all(client), opted_in)
-        .default_backoff()
-        .modify(|o| o.managed_fields_mut().clear())
-        .touched_objects()
+    // Triggers only, no store: the namespaces' watches are simply interleaved.
+    futures::stream::select_all(scope.watches::<PartialObjectMeta<Secret>>(opted_in).into_iter().map(|(_, w)| w)).touched_objects()
 }
 
 fn referencing(store: &Store<ToolBinding>, matches: impl Fn(&ToolBinding) -> bool) -> Vec<ObjectRef<ToolBinding>> {

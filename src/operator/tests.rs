@@ -155,7 +155,7 @@ fn context(client: Client, fence: Fence) -> (Arc<Context>, Caches) {
         ingresses,
         pod_disruption_budgets,
     };
-    let build = BuildConfig { portal_image: "ghcr.io/hyperpage-dev/hyperpage:0.1.0".into() };
+    let build = BuildConfig::new("ghcr.io/hyperpage-dev/hyperpage:0.1.0");
     let ctx = Arc::new(Context::new(client, stores, build, fence, Metrics::new(), Duration::from_secs(600)));
     let caches = Caches {
         workspaces: ws_w,
@@ -212,7 +212,7 @@ fn converge_children(ws: &Workspace, ctx: &Context, caches: &mut Caches, availab
 fn status_as_observed(ws: &Workspace, ctx: &Context) -> crate::api::WorkspaceStatus {
     let observed = workspace::observe(ws, ctx);
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-    workspace::compute_status(ws, observed.deployment.as_deref(), &observed.bindings, &now)
+    workspace::compute_status(ws, observed.deployment.as_deref(), &observed.bindings, &Default::default(), &now)
 }
 
 fn condition_in(body: &Value, type_: &str) -> (String, String) {
@@ -276,6 +276,7 @@ async fn drift_in_a_child_is_repaired_with_one_apply() {
     // Someone edits the Service by hand.
     let mut service = children::build(&ws, &ctx.build).service;
     service.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+    service.metadata.uid = Some("5e7c1c5e-0000-4000-8000-00000000000a".into());
     seen(&mut caches.services, service);
 
     workspace::reconcile(Arc::new(ws), ctx).await.unwrap();
@@ -283,6 +284,8 @@ async fn drift_in_a_child_is_repaired_with_one_apply() {
     let w = api.take();
     let paths: Vec<_> = writes(&w).iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths, ["/api/v1/namespaces/team-payments/services/payments-portal"]);
+    // Applied only over that very object: its uid is the apply's precondition.
+    assert_eq!(writes(&w)[0].body["metadata"]["uid"], "5e7c1c5e-0000-4000-8000-00000000000a");
 }
 
 #[tokio::test]
@@ -385,4 +388,63 @@ async fn a_replica_that_lost_leadership_makes_no_writes() {
     assert!(matches!(result, Err(Error::NotLeader)), "{result:?}");
 
     assert!(writes(&api.take()).is_empty(), "no writes after losing the lease");
+}
+
+#[tokio::test]
+async fn an_object_in_the_way_is_never_applied_over() {
+    let (client, api) = FakeApi::start();
+    let (ctx, _caches) = context(client, Fence::always_open());
+    // Someone's own Service already has the portal's name: no managed-by label, no owner.
+    api.respond_with(Box::new(|method, path, body| {
+        if *method == Method::GET && path.ends_with("/services/payments-portal") {
+            return (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": "payments-portal", "namespace": "team-payments", "labels": {"app": "theirs"}},
+                       "spec": {"ports": [{"port": 80}]}}),
+            );
+        }
+        if *method == Method::GET {
+            return (StatusCode::NOT_FOUND, not_found(path.rsplit('/').next().unwrap_or_default()));
+        }
+        if *method == Method::POST {
+            return (StatusCode::CREATED, body.clone());
+        }
+        (StatusCode::OK, echo(path, body))
+    }));
+
+    workspace::reconcile(Arc::new(workspace_fixture()), ctx).await.unwrap();
+
+    let requests = api.take();
+    let w = writes(&requests);
+    let paths: Vec<_> = w.iter().map(|r| r.path.as_str()).collect();
+    assert!(w.iter().all(|r| r.path.ends_with("/status") || r.path.contains("/events")), "no child is applied: {paths:?}");
+    let status = w.iter().find(|r| r.path.ends_with("/status")).expect("status written");
+    assert_eq!(condition_in(&status.body, conditions::DEGRADED), ("True".into(), "NameConflict".into()));
+    let event = w.iter().find(|r| r.path.contains("/events")).expect("a warning event");
+    assert_eq!((event.body["type"].as_str(), event.body["reason"].as_str()), (Some("Warning"), Some("NameConflict")));
+    assert!(event.body["note"].as_str().unwrap().contains("Service/payments-portal"), "{}", event.body);
+}
+
+#[tokio::test]
+async fn a_policy_violation_applies_only_what_is_allowed() {
+    let (client, api) = FakeApi::start();
+    let (ctx, _caches) = context(client, Fence::always_open());
+    let ws: Workspace = serde_norway::from_str(include_str!("../../tests/fixtures/workspace-ha-ingress.yaml")).unwrap();
+
+    workspace::reconcile(Arc::new(ws), ctx).await.unwrap();
+
+    let requests = api.take();
+    let applied: Vec<_> = requests
+        .iter()
+        .filter(|r| r.method == Method::PATCH && !r.path.ends_with("/status"))
+        .map(|r| r.path.rsplit('/').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        applied,
+        ["serviceaccounts", "roles", "rolebindings", "networkpolicies", "poddisruptionbudgets"],
+        "no foreign image, LoadBalancer or Ingress"
+    );
+    let status = requests.iter().find(|r| r.path.ends_with("/status")).expect("status written");
+    assert_eq!(condition_in(&status.body, READY), ("False".into(), "PolicyViolation".into()));
 }

@@ -1,8 +1,9 @@
 //! Workspace reconcile: dereference → validate → build → apply → status.
 
-use super::children::{self, Children, effective_replicas, portal_url};
+use super::children::{self, Children, effective_replicas, portal_url, service_url};
 use super::context::{Context, object_key};
 use super::error::Error;
+use super::policy::{self, Refused, Violation};
 use crate::api::conditions::{self, DEGRADED, DesiredCondition, PROGRESSING, READY};
 use crate::api::duration;
 use crate::api::workspace::{PortalStatus, ToolCounts, WorkspaceStatus, WorkspaceSummary};
@@ -15,6 +16,45 @@ use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 
 pub const CONTROLLER: &str = "workspace";
+
+/// How soon a Workspace with a name conflict is looked at again: the conflicting object
+/// carries no label the operator watches, so its removal sends no event.
+const CONFLICT_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Condition reasons for a Workspace the operator refuses (in part) to act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The spec asks for more than the admin policy allows.
+    PolicyViolation,
+    /// An object with a child's name exists that is not this Workspace's.
+    NameConflict,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::PolicyViolation => "PolicyViolation",
+            Refusal::NameConflict => "NameConflict",
+        }
+    }
+}
+
+/// What the operator holds back for one Workspace, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Policy rules the spec breaks (validate, pure).
+    pub violations: Vec<Violation>,
+    /// `Kind/name` of objects that carry a child's name but are not this Workspace's. While
+    /// there is one, nothing of this Workspace is applied or deleted.
+    pub conflicts: Vec<String>,
+}
+
+impl Refusals {
+    /// Whether the policy holds back this child.
+    pub fn refuses(&self, part: Refused) -> bool {
+        self.violations.iter().any(|v| v.refuses() == Some(part))
+    }
+}
 
 /// What the reconcile reads before deciding anything.
 pub struct Observed {
@@ -61,7 +101,7 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
 }
 
 async fn reconcile_inner(ws: &Workspace, ctx: &Context) -> Result<Action, Error> {
-    let namespace = ws.namespace().ok_or_else(|| Error::MissingNamespace(ws.name_any()))?;
+    ws.namespace().ok_or_else(|| Error::MissingNamespace(ws.name_any()))?;
     if ws.meta().deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the children.
         return Ok(Action::await_change());
@@ -73,30 +113,77 @@ async fn reconcile_inner(ws: &Workspace, ctx: &Context) -> Result<Action, Error>
         write_status(ws, ctx, status).await?;
         return Ok(Action::await_change());
     }
+    let mut refusals = Refusals { violations: policy::validate(ws, &ctx.build.policy), conflicts: Vec::new() };
     let desired = children::build(ws, &ctx.build);
-    apply_children(ctx, &namespace, &desired).await?;
-    let status = compute_status(ws, observed.deployment.as_deref(), &observed.bindings, &now);
+    refusals.conflicts = conflicts(ctx, ws, &desired, &refusals).await?;
+    if refusals.conflicts.is_empty() {
+        apply_children(ctx, ws, &desired, &refusals).await?;
+    } else {
+        tracing::warn!(workspace = %object_key(ws), conflicts = ?refusals.conflicts, "objects in the way are not the workspace's; applying nothing");
+    }
+    let status = compute_status(ws, observed.deployment.as_deref(), &observed.bindings, &refusals, &now);
     write_status(ws, ctx, status).await?;
-    Ok(Action::requeue(ctx.resync))
+    Ok(Action::requeue(if refusals.conflicts.is_empty() { ctx.resync } else { ctx.resync.min(CONFLICT_RECHECK) }))
 }
 
-async fn apply_children(ctx: &Context, namespace: &str, desired: &Children) -> Result<(), Error> {
+/// Every object the reconcile would apply that exists but is not this Workspace's own.
+async fn conflicts(ctx: &Context, ws: &Workspace, desired: &Children, refusals: &Refusals) -> Result<Vec<String>, Error> {
+    let s = &ctx.stores;
+    let found = [
+        ctx.foreign_object(&s.service_accounts, &desired.service_account, ws).await?,
+        ctx.foreign_object(&s.roles, &desired.role, ws).await?,
+        ctx.foreign_object(&s.role_bindings, &desired.role_binding, ws).await?,
+        match refusals.refuses(Refused::Deployment) {
+            true => None,
+            false => ctx.foreign_object(&s.deployments, &desired.deployment, ws).await?,
+        },
+        match refusals.refuses(Refused::Service) {
+            true => None,
+            false => ctx.foreign_object(&s.services, &desired.service, ws).await?,
+        },
+        ctx.foreign_object(&s.network_policies, &desired.network_policy, ws).await?,
+        match (&desired.ingress, refusals.refuses(Refused::Ingress)) {
+            (Some(ingress), false) => ctx.foreign_object(&s.ingresses, ingress, ws).await?,
+            _ => None,
+        },
+        match &desired.pod_disruption_budget {
+            Some(pdb) => ctx.foreign_object(&s.pod_disruption_budgets, pdb, ws).await?,
+            None => None,
+        },
+    ];
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// Applies what the policy allows. A refused image keeps the running one (every other change
+/// goes through; a new Workspace gets no Deployment); a refused Service is left as it is; a
+/// refused Ingress is removed, since exposing the portal is exactly what the policy withholds.
+async fn apply_children(ctx: &Context, ws: &Workspace, desired: &Children, refusals: &Refusals) -> Result<(), Error> {
     let s = &ctx.stores;
     // RBAC first, so the portal's pods can read as soon as they start.
     ctx.apply_if_changed(CONTROLLER, &s.service_accounts, &desired.service_account).await?;
     ctx.apply_if_changed(CONTROLLER, &s.roles, &desired.role).await?;
     ctx.apply_if_changed(CONTROLLER, &s.role_bindings, &desired.role_binding).await?;
-    ctx.apply_if_changed(CONTROLLER, &s.deployments, &desired.deployment).await?;
-    ctx.apply_if_changed(CONTROLLER, &s.services, &desired.service).await?;
+    let deployment = if refusals.refuses(Refused::Deployment) {
+        let live = s.deployments.get(&ObjectRef::new(&desired.deployment.name_any()).within(&ws.namespace().unwrap_or_default()));
+        live.filter(|d| children::is_owned_by(d.meta(), ws)).and_then(|live| children::keep_images(&desired.deployment, &live))
+    } else {
+        Some(desired.deployment.clone())
+    };
+    if let Some(deployment) = &deployment {
+        ctx.apply_if_changed(CONTROLLER, &s.deployments, deployment).await?;
+    }
+    if !refusals.refuses(Refused::Service) {
+        ctx.apply_if_changed(CONTROLLER, &s.services, &desired.service).await?;
+    }
     ctx.apply_if_changed(CONTROLLER, &s.network_policies, &desired.network_policy).await?;
     let name = desired.deployment.name_any();
-    match &desired.ingress {
-        Some(ingress) => ctx.apply_if_changed(CONTROLLER, &s.ingresses, ingress).await?,
-        None => ctx.delete_if_present(CONTROLLER, &s.ingresses, namespace, &name).await?,
+    match (&desired.ingress, refusals.refuses(Refused::Ingress)) {
+        (Some(ingress), false) => ctx.apply_if_changed(CONTROLLER, &s.ingresses, ingress).await?,
+        _ => ctx.delete_if_present(CONTROLLER, &s.ingresses, ws, &name).await?,
     };
     match &desired.pod_disruption_budget {
         Some(pdb) => ctx.apply_if_changed(CONTROLLER, &s.pod_disruption_budgets, pdb).await?,
-        None => ctx.delete_if_present(CONTROLLER, &s.pod_disruption_budgets, namespace, &name).await?,
+        None => ctx.delete_if_present(CONTROLLER, &s.pod_disruption_budgets, ws, &name).await?,
     };
     Ok(())
 }
@@ -115,6 +202,17 @@ async fn write_status(ws: &Workspace, ctx: &Context, status: WorkspaceStatus) ->
     {
         let warning = now.status != "True" && now.reason != "RollingOut";
         ctx.publish_event(CONTROLLER, &ws.object_ref(&()), warning, &now.reason, now.message.clone(), "Reconcile").await;
+    }
+    // A name conflict is reported even when Ready already says why it is not ready.
+    let conflict = Refusal::NameConflict.reason();
+    let was = conditions::find(&previous.conditions, DEGRADED).map(|c| c.reason.as_str());
+    let ready_reason = conditions::find(&status.conditions, READY).map(|c| c.reason.as_str());
+    if let Some(now) = conditions::find(&status.conditions, DEGRADED)
+        && now.reason == conflict
+        && was != Some(conflict)
+        && ready_reason != Some(conflict)
+    {
+        ctx.publish_event(CONTROLLER, &ws.object_ref(&()), true, conflict, now.message.clone(), "Reconcile").await;
     }
     Ok(())
 }
@@ -138,8 +236,15 @@ fn deployment_condition<'a>(deployment: &'a Deployment, type_: &str) -> Option<&
     deployment.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
 }
 
-/// Status (pure): from the Workspace, its Deployment and its bindings at time `now`.
-pub fn compute_status(ws: &Workspace, deployment: Option<&Deployment>, bindings: &[Arc<ToolBinding>], now: &Time) -> WorkspaceStatus {
+/// Status (pure): from the Workspace, its Deployment, its bindings and what the operator
+/// refused at time `now`.
+pub fn compute_status(
+    ws: &Workspace,
+    deployment: Option<&Deployment>,
+    bindings: &[Arc<ToolBinding>],
+    refusals: &Refusals,
+    now: &Time,
+) -> WorkspaceStatus {
     let previous = ws.status.clone().unwrap_or_default();
     let generation = ws.metadata.generation;
     let desired_replicas = effective_replicas(ws);
@@ -221,13 +326,54 @@ pub fn compute_status(ws: &Workspace, deployment: Option<&Deployment>, bindings:
         DesiredCondition::new(DEGRADED, false, "AsExpected", "the portal and all tool bindings are healthy")
     };
 
+    let (ready, progressing, degraded) = refused_conditions(refusals).unwrap_or((ready, progressing, degraded));
     let conditions = conditions::merge(&previous.conditions, &[ready, progressing, degraded], generation, now);
+    let url = if refusals.refuses(Refused::Ingress) { service_url(ws) } else { portal_url(ws) };
     WorkspaceStatus {
         observed_generation: generation,
         conditions,
-        portal: Some(PortalStatus { url: portal_url(ws), replicas: desired_replicas, ready_replicas }),
+        portal: Some(PortalStatus { url, replicas: desired_replicas, ready_replicas }),
         tools: Some(ToolCounts { total: count(bindings.len()), ready: count(ready_count), failing: count(failing.len()) }),
         summary: summarize(bindings),
+    }
+}
+
+/// Ready, Progressing and Degraded when the operator holds something back: a policy
+/// violation names each rule and value, a conflict each object in the way.
+fn refused_conditions(refusals: &Refusals) -> Option<(DesiredCondition, DesiredCondition, DesiredCondition)> {
+    let policy = Refusal::PolicyViolation.reason();
+    let conflict = Refusal::NameConflict.reason();
+    let violations = (!refusals.violations.is_empty()).then(|| {
+        let list: Vec<String> = refusals.violations.iter().map(ToString::to_string).collect();
+        format!("the operator's policy refuses {}; nothing refused is applied", list.join("; "))
+    });
+    let conflicts = (!refusals.conflicts.is_empty()).then(|| {
+        format!(
+            "{} already exist{} without the label app.kubernetes.io/managed-by=hyperpage-operator and an owner reference to this Workspace; the operator leaves {} untouched and applies nothing until {} deleted or renamed",
+            refusals.conflicts.join(", "),
+            if refusals.conflicts.len() == 1 { "s" } else { "" },
+            if refusals.conflicts.len() == 1 { "it" } else { "them" },
+            if refusals.conflicts.len() == 1 { "it is" } else { "they are" },
+        )
+    });
+    let waiting = "waiting for the spec or the cluster to change";
+    match (violations, conflicts) {
+        (None, None) => None,
+        (Some(v), None) => Some((
+            DesiredCondition::new(READY, false, policy, v.clone()),
+            DesiredCondition::new(PROGRESSING, false, policy, waiting),
+            DesiredCondition::new(DEGRADED, true, policy, v),
+        )),
+        (Some(v), Some(c)) => Some((
+            DesiredCondition::new(READY, false, policy, v),
+            DesiredCondition::new(PROGRESSING, false, conflict, waiting),
+            DesiredCondition::new(DEGRADED, true, conflict, c),
+        )),
+        (None, Some(c)) => Some((
+            DesiredCondition::new(READY, false, conflict, c.clone()),
+            DesiredCondition::new(PROGRESSING, false, conflict, waiting),
+            DesiredCondition::new(DEGRADED, true, conflict, c),
+        )),
     }
 }
 
@@ -285,11 +431,11 @@ mod tests {
     #[test]
     fn ready_follows_the_deployments_availability() {
         let ws = ws(BASIC);
-        let before = compute_status(&ws, None, &[], &now());
+        let before = compute_status(&ws, None, &[], &Refusals::default(), &now());
         assert_eq!(condition(&before, READY).status, "False");
         assert_eq!(condition(&before, PROGRESSING).status, "True");
 
-        let after = compute_status(&ws, Some(&deployment(AVAILABLE)), &[], &now());
+        let after = compute_status(&ws, Some(&deployment(AVAILABLE)), &[], &Refusals::default(), &now());
         let ready = condition(&after, READY);
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "PortalAvailable"));
         assert_eq!(ready.observed_generation, Some(1));
@@ -303,7 +449,7 @@ mod tests {
     fn a_stuck_rollout_is_degraded() {
         let mut stuck_ws = ws(BASIC);
         stuck_ws.metadata.generation = Some(2);
-        let status = compute_status(&stuck_ws, Some(&deployment(STUCK)), &[], &now());
+        let status = compute_status(&stuck_ws, Some(&deployment(STUCK)), &[], &Refusals::default(), &now());
         assert_eq!(condition(&status, READY).status, "False");
         let degraded = condition(&status, DEGRADED);
         assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "ProgressDeadlineExceeded"));
@@ -312,7 +458,7 @@ mod tests {
 
     #[test]
     fn bindings_roll_up_into_counts_and_summary() {
-        let status = compute_status(&ws(BASIC), Some(&deployment(AVAILABLE)), &bindings(), &now());
+        let status = compute_status(&ws(BASIC), Some(&deployment(AVAILABLE)), &bindings(), &Refusals::default(), &now());
         let tools = status.tools.as_ref().unwrap();
         assert_eq!((tools.total, tools.ready, tools.failing), (3, 2, 1), "the other workspace's binding is not counted");
         let summary = status.summary.as_ref().unwrap();
@@ -326,15 +472,16 @@ mod tests {
     #[test]
     fn a_recomputed_status_is_identical_so_no_write_is_needed() {
         let mut ws = ws(BASIC);
-        let first = compute_status(&ws, Some(&deployment(AVAILABLE)), &bindings(), &now());
+        let first = compute_status(&ws, Some(&deployment(AVAILABLE)), &bindings(), &Refusals::default(), &now());
         ws.status = Some(first.clone());
         let later = Time("2026-11-03T00:00:00Z".parse().unwrap());
-        assert_eq!(compute_status(&ws, Some(&deployment(AVAILABLE)), &bindings(), &later), first);
+        assert_eq!(compute_status(&ws, Some(&deployment(AVAILABLE)), &bindings(), &Refusals::default(), &later), first);
     }
 
     #[test]
     fn suspended_and_zero_replicas_say_so() {
-        let suspended = compute_status(&ws(include_str!("../../tests/fixtures/workspace-suspended.yaml")), None, &[], &now());
+        let suspended =
+            compute_status(&ws(include_str!("../../tests/fixtures/workspace-suspended.yaml")), None, &[], &Refusals::default(), &now());
         assert_eq!(condition(&suspended, READY).reason, "Suspended");
         assert_eq!(suspended.portal.unwrap().replicas, 0);
     }
@@ -345,5 +492,32 @@ mod tests {
         bad.spec.refresh_interval = Some("5 minutes".into());
         assert!(validate(&bad).unwrap_err().contains("spec.refreshInterval"));
         assert!(validate(&ws(BASIC)).is_ok());
+    }
+
+    #[test]
+    fn a_policy_violation_names_rule_and_value_and_keeps_the_service_url() {
+        let ws = ws(include_str!("../../tests/fixtures/workspace-ha-ingress.yaml"));
+        let policy = policy::Policy::restrictive("ghcr.io/hyperpage-dev/hyperpage:0.1.0");
+        let refusals = Refusals { violations: policy::validate(&ws, &policy), conflicts: vec![] };
+        assert!(refusals.refuses(Refused::Deployment) && refusals.refuses(Refused::Service) && refusals.refuses(Refused::Ingress));
+        let status = compute_status(&ws, Some(&deployment(AVAILABLE)), &[], &refusals, &now());
+        let ready = condition(&status, READY);
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "PolicyViolation"));
+        for needle in ["policy.allowedImages", "registry.example.com/mirror/hyperpage:0.1.0", "policy.allowedServiceTypes", "LoadBalancer"]
+        {
+            assert!(ready.message.contains(needle), "{needle} in {}", ready.message);
+        }
+        assert_eq!(condition(&status, DEGRADED).reason, "PolicyViolation");
+        assert_eq!(status.portal.unwrap().url, "http://payments-portal.team-payments.svc:8443/", "no Ingress URL for a refused Ingress");
+    }
+
+    #[test]
+    fn a_name_conflict_is_degraded_and_names_the_object() {
+        let refusals = Refusals { violations: vec![], conflicts: vec!["Service/payments-portal".into()] };
+        let status = compute_status(&ws(BASIC), Some(&deployment(AVAILABLE)), &[], &refusals, &now());
+        let degraded = condition(&status, DEGRADED);
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "NameConflict"));
+        assert!(degraded.message.starts_with("Service/payments-portal already exists without the label"), "{}", degraded.message);
+        assert_eq!(condition(&status, READY).reason, "NameConflict");
     }
 }

@@ -48,6 +48,15 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
     ("redis-secret", &["--set", "redis.existingSecret=hyperpage-redis,redis.existingSecretKey=url"]),
     ("monitoring", &["--set", "serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true,redis.deploy=true"]),
     ("one-replica", &["--set", "replicaCount=1,leaderElection.enabled=false"]),
+    (
+        "policy",
+        &[
+            "--set-json",
+            r#"policy={"allowedImages":["registry.example.com/portals/"],"allowedServiceTypes":["ClusterIP","LoadBalancer"],"allowPublicPortals":true,"ingressControllerNamespace":"ingress-nginx","ingress":{"allowedHostSuffixes":["{namespace}.apps.example.com"],"allowedClassNames":["nginx"],"allowWithoutTLS":true,"annotations":{"cert-manager.io/cluster-issuer":"letsencrypt"}}}"#,
+        ],
+    ),
+    // Namespace-scoped: the watched namespace is the render test's own (see `namespaced`).
+    ("namespaced", &[]),
 ];
 
 fn chart_dir() -> String {
@@ -124,7 +133,10 @@ async fn the_chart_lints_and_renders_manifests_the_api_server_accepts() {
     let ns = TestNamespace::create(&client, "e2e-chart-render").await;
     let chart = chart_dir();
 
+    let watch = format!("watchNamespaces={{{}}}", ns.name);
     for (set, values) in VALUE_SETS {
+        let namespaced = ["--set", watch.as_str()];
+        let values: &[&str] = if *set == "namespaced" { &namespaced } else { values };
         let mut lint = vec!["lint", "--strict", chart.as_str()];
         lint.extend_from_slice(values);
         let output = helm_output(&lint);
@@ -147,8 +159,16 @@ async fn the_chart_lints_and_renders_manifests_the_api_server_accepts() {
             }
         }
         let kinds = kinds(&objects);
-        for kind in ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"] {
+        for kind in ["CustomResourceDefinition", "ServiceAccount", "Deployment", "Service"] {
             assert!(kinds.contains(kind), "value set {set} renders a {kind}: {kinds:?}");
+        }
+        if *set == "namespaced" {
+            assert!(!kinds.contains("ClusterRole") && !kinds.contains("ClusterRoleBinding"), "nothing cluster-wide: {kinds:?}");
+            let role = find(&objects, "Role", "hp-hyperpage-operator").expect("the operator's Role in the watched namespace");
+            assert_eq!(role.namespace().as_deref(), Some(ns.name.as_str()));
+            assert!(find(&objects, "RoleBinding", "hp-hyperpage-operator").is_some());
+        } else {
+            assert!(kinds.contains("ClusterRole") && kinds.contains("ClusterRoleBinding"), "value set {set}: {kinds:?}");
         }
 
         let deployment = find(&objects, "Deployment", "hp-hyperpage-operator").expect("the operator Deployment");
@@ -164,6 +184,29 @@ async fn the_chart_lints_and_renders_manifests_the_api_server_accepts() {
         assert_eq!(env["POD_NAMESPACE"], "field:metadata.namespace");
         assert_eq!(env["HYPERPAGE_ALLOW_PRIVATE_CIDRS"], "");
         assert_eq!(env["HYPERPAGE_ALLOW_INSECURE_HTTP"], "false");
+        match *set {
+            "policy" => {
+                assert_eq!(env["HYPERPAGE_POLICY_ALLOWED_IMAGES"], "registry.example.com/portals/");
+                assert_eq!(env["HYPERPAGE_POLICY_ALLOWED_SERVICE_TYPES"], "ClusterIP,LoadBalancer");
+                assert_eq!(env["HYPERPAGE_ALLOW_PUBLIC_PORTALS"], "true");
+                assert_eq!(env["HYPERPAGE_INGRESS_CONTROLLER_NAMESPACE"], "ingress-nginx");
+                assert_eq!(env["HYPERPAGE_POLICY_INGRESS_HOST_SUFFIXES"], "{namespace}.apps.example.com");
+                assert_eq!(env["HYPERPAGE_POLICY_INGRESS_CLASS_NAMES"], "nginx");
+                assert_eq!(env["HYPERPAGE_POLICY_INGRESS_ALLOW_WITHOUT_TLS"], "true");
+                assert_eq!(env["HYPERPAGE_POLICY_INGRESS_ANNOTATIONS"], r#"{"cert-manager.io/cluster-issuer":"letsencrypt"}"#);
+            }
+            _ => {
+                // Default-deny: the operator's own image repository, ClusterIP, no Ingress.
+                assert_eq!(env["HYPERPAGE_POLICY_ALLOWED_IMAGES"], "");
+                assert_eq!(env["HYPERPAGE_POLICY_ALLOWED_SERVICE_TYPES"], "ClusterIP");
+                assert_eq!(env["HYPERPAGE_ALLOW_PUBLIC_PORTALS"], "false");
+                assert_eq!(env["HYPERPAGE_POLICY_INGRESS_HOST_SUFFIXES"], "");
+                assert_eq!(env["HYPERPAGE_POLICY_INGRESS_ALLOW_WITHOUT_TLS"], "false");
+                assert_eq!(env["HYPERPAGE_POLICY_INGRESS_ANNOTATIONS"], "{}");
+            }
+        }
+        let watched = if *set == "namespaced" { ns.name.clone() } else { String::new() };
+        assert_eq!(env["HYPERPAGE_WATCH_NAMESPACES"], watched);
         let security = &container["securityContext"];
         assert_eq!(security["readOnlyRootFilesystem"], true);
         assert_eq!(security["allowPrivilegeEscalation"], false);
@@ -265,6 +308,8 @@ async fn the_chart_lints_and_renders_manifests_the_api_server_accepts() {
         (&["--set", "redis.deploy=true,redis.existingSecret=x"][..], "not both"),
         (&["--set", "replicas=3"][..], "additional properties 'replicas' not allowed"),
         (&["--set", "operator.allowPrivateCidrs=10.0.0.0"][..], "allowPrivateCidrs"),
+        (&["--set", "policy.allowedServiceTypes={ExternalName}"][..], "allowedServiceTypes"),
+        (&["--set", "watchNamespaces={Team_A}"][..], "watchNamespaces"),
     ] {
         let output = helm_output(&[&["template", "hp", chart.as_str()][..], args].concat());
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -414,6 +459,20 @@ fn can_i(user: &str, namespace: &str) -> (BTreeSet<Grant>, BTreeSet<String>) {
     (resources, urls)
 }
 
+/// What `user` may do in `namespace` beyond an account with no grants at all (printed for
+/// the log); it must hold no non-resource URL beyond what every account has.
+fn extra_grants(user: &str, namespace: &str) -> BTreeSet<Grant> {
+    let nobody = format!("system:serviceaccount:{LEASE_NAMESPACE}:e2e-nobody");
+    let (base, base_urls) = can_i(&nobody, namespace);
+    let (mine, urls) = can_i(user, namespace);
+    let extra_urls: Vec<_> = urls.difference(&base_urls).collect();
+    assert!(extra_urls.is_empty(), "non-resource URLs beyond every account's: {extra_urls:?}");
+    let extra: BTreeSet<Grant> = mine.difference(&base).cloned().collect();
+    let listing: Vec<String> = extra.iter().map(|(r, v)| format!("{v} {r}")).collect();
+    eprintln!("{user} in {namespace}:\n  {}", listing.join("\n  "));
+    extra
+}
+
 /// The README's RBAC table: (resource, verb) -> where ("cluster" or "release namespace"),
 /// and which rows are optional (granted only with a value set).
 fn readme_rbac() -> (BTreeMap<Grant, String>, BTreeSet<Grant>) {
@@ -487,10 +546,10 @@ async fn the_charts_service_account_runs_the_operator_and_can_do_nothing_else() 
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 
     let ns = TestNamespace::create(&client, "e2e-chart-rbac").await;
-    let operator = Operator::start_with_kubeconfig(OperatorOptions { identity: "chart-sa", lease_name: lease, extra: &[] }, &path);
-    for file in ["secret-template.yaml", "workspace.yaml", "toolbinding-github.yaml", "toolbinding-gitlab.yaml", "toolbinding-jira.yaml"] {
-        apply_file(&client, &ns.name, &repo().join("examples").join(file)).await;
-    }
+    // Ingress allowed for the test's hosts, so that the account's Ingress rights are exercised.
+    let policy = ["--policy-ingress-host-suffixes=payments.example.com"];
+    let operator = Operator::start_with_kubeconfig(OperatorOptions { identity: "chart-sa", lease_name: lease, extra: &policy }, &path);
+    apply_examples(&client, &ns.name).await;
 
     // The whole job, as the ServiceAccount: children applied, Workspace Ready, bindings
     // validated (the Secret GET), statuses and Events written, the Lease held.
@@ -522,7 +581,8 @@ async fn the_charts_service_account_runs_the_operator_and_can_do_nothing_else() 
     // Deletes too: scaling to one replica removes the PDB; an Ingress comes and goes.
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns.name);
-    let patch = serde_json::json!({"spec": {"portal": {"replicas": 1, "ingress": {"host": "portal.payments.example.com"}}}});
+    let ingress = serde_json::json!({"host": "portal.payments.example.com", "tlsSecretName": "payments-portal-tls"});
+    let patch = serde_json::json!({"spec": {"portal": {"replicas": 1, "ingress": ingress}}});
     workspaces.patch("payments", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     wait_for("the PDB to be deleted and the Ingress created", ROLLOUT, || async {
         let gone = pdbs.get_opt("payments-portal").await.ok()?.is_none();
@@ -549,16 +609,11 @@ async fn the_charts_service_account_runs_the_operator_and_can_do_nothing_else() 
     drop(operator);
 
     // Everything the account may do is in the README's table, and the table is true.
-    let nobody = format!("system:serviceaccount:{LEASE_NAMESPACE}:e2e-nobody");
     let (justified, optional) = readme_rbac();
     let mut unjustified = Vec::new();
     let mut granted = BTreeSet::new();
     for namespace in [ns.name.as_str(), LEASE_NAMESPACE] {
-        let (base, base_urls) = can_i(&nobody, namespace);
-        let (mine, urls) = can_i(&user, namespace);
-        let extra_urls: Vec<_> = urls.difference(&base_urls).collect();
-        assert!(extra_urls.is_empty(), "non-resource URLs beyond every account's: {extra_urls:?}");
-        for pair in mine.difference(&base) {
+        for pair in &extra_grants(&user, namespace) {
             granted.insert(pair.clone());
             let scope = justified.get(pair);
             let ok = match scope {
@@ -570,8 +625,6 @@ async fn the_charts_service_account_runs_the_operator_and_can_do_nothing_else() 
                 unjustified.push(format!("{} {} in {namespace}", pair.1, pair.0));
             }
         }
-        let listing: Vec<String> = mine.difference(&base).map(|(r, v)| format!("{v} {r}")).collect();
-        eprintln!("{user} in {namespace}:\n  {}", listing.join("\n  "));
     }
     assert!(unjustified.is_empty(), "the chart grants what the README does not justify: {unjustified:?}");
     let unused: Vec<_> = justified.keys().filter(|k| !granted.contains(*k) && !optional.contains(*k)).collect();
@@ -579,5 +632,75 @@ async fn the_charts_service_account_runs_the_operator_and_can_do_nothing_else() 
     // The Lease grant is namespaced: nothing on leases outside the release namespace.
     let (elsewhere, _) = can_i(&user, &ns.name);
     assert!(!elsewhere.iter().any(|(r, _)| r.starts_with("leases")), "{elsewhere:?}");
+    drop(release);
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make e2e"]
+async fn a_namespace_scoped_install_runs_the_examples_and_grants_nothing_cluster_wide() {
+    let _serial = serial().await;
+    let client = client().await;
+    install_crds(&client).await;
+    ensure_namespace(&client, LEASE_NAMESPACE).await;
+    let watched = TestNamespace::create(&client, "e2e-chart-watched").await;
+    let unwatched = TestNamespace::create(&client, "e2e-chart-unwatched").await;
+    let chart = chart_dir();
+    let lease = "e2e-chart-namespaced";
+    let release = Release { name: "hpn".into(), namespace: LEASE_NAMESPACE.into() };
+    let _ = Command::new("helm").args(["uninstall", &release.name, "-n", LEASE_NAMESPACE, "--wait"]).output();
+    let values = format!("leaderElection.leaseName={lease},watchNamespaces={{{}}}", watched.name);
+    helm(&["install", &release.name, &chart, "-n", LEASE_NAMESPACE, "--wait", "--timeout", "120s", "--set", &values]);
+    let account = "hpn-hyperpage-operator";
+    let user = format!("system:serviceaccount:{LEASE_NAMESPACE}:{account}");
+    assert!(Api::<ClusterRole>::all(client.clone()).get_opt(account).await.unwrap().is_none(), "no ClusterRole");
+
+    // The operator as the chart's ServiceAccount, watching what the chart was told.
+    let kubeconfig = ServiceAccountKubeconfig::create(LEASE_NAMESPACE, account);
+    let watch = format!("--watch-namespaces={}", watched.name);
+    let options = OperatorOptions { identity: "chart-namespaced", lease_name: lease, extra: &[watch.as_str()] };
+    let operator = Operator::start_with_kubeconfig(options, &kubeconfig.path);
+    for ns in [&watched.name, &unwatched.name] {
+        for file in
+            ["secret-template.yaml", "workspace.yaml", "toolbinding-github.yaml", "toolbinding-gitlab.yaml", "toolbinding-jira.yaml"]
+        {
+            apply_file(&client, ns, &repo().join("examples").join(file)).await;
+        }
+    }
+    let workspaces: Api<Workspace> = Api::namespaced(client.clone(), &watched.name);
+    wait_for("Workspace payments Ready with 3 ready tools in the watched namespace", ROLLOUT, || async {
+        let ws = workspaces.get("payments").await.ok()?;
+        let status = ws.status.as_ref()?;
+        (conditions::is_true(&status.conditions, READY) && status.tools.as_ref()?.ready == 3).then_some(())
+    })
+    .await;
+    // The unwatched namespace is not touched: no status, no portal.
+    let elsewhere: Api<Workspace> = Api::namespaced(client.clone(), &unwatched.name);
+    assert!(elsewhere.get("payments").await.unwrap().status.is_none(), "an unwatched namespace gets no status");
+    assert!(Api::<Deployment>::namespaced(client.clone(), &unwatched.name).get_opt("payments-portal").await.unwrap().is_none());
+    let log = std::fs::read_to_string(&operator.log).unwrap();
+    assert!(!log.to_lowercase().contains("forbidden"), "the Roles were enough:\n{}", operator.log_tail());
+    drop(operator);
+
+    // can-i: in the watched namespace only what the README's table justifies there; in the
+    // release namespace only the Lease; nothing at all anywhere else (cluster-wide grants
+    // would show up in every namespace, `default` included).
+    let (justified, _) = readme_rbac();
+    let mut wrong = Vec::new();
+    for namespace in [watched.name.as_str(), LEASE_NAMESPACE, unwatched.name.as_str(), "default"] {
+        for pair in &extra_grants(&user, namespace) {
+            let scope = justified.get(pair).map(String::as_str).unwrap_or_default();
+            let ok = if namespace == watched.name {
+                scope.contains("watched namespace")
+            } else if namespace == LEASE_NAMESPACE {
+                scope.contains("release namespace")
+            } else {
+                false
+            };
+            if !ok {
+                wrong.push(format!("{} {} in {namespace}", pair.1, pair.0));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "a namespace-scoped install grants more than it should: {wrong:?}");
     drop(release);
 }

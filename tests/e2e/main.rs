@@ -3,6 +3,7 @@
 
 mod chart;
 mod engine;
+mod policy;
 mod portal;
 mod support;
 mod tenancy;
@@ -107,9 +108,7 @@ async fn the_examples_become_a_ready_portal() {
     let client = setup().await;
     let ns = restricted_namespace(&client, "e2e-examples").await;
     let _operator = Operator::start(OperatorOptions { identity: "examples", lease_name: "e2e-examples", extra: &[] });
-    for file in ["secret-template.yaml", "workspace.yaml", "toolbinding-github.yaml", "toolbinding-gitlab.yaml", "toolbinding-jira.yaml"] {
-        apply_file(&client, &ns.name, &repo().join("examples").join(file)).await;
-    }
+    apply_examples(&client, &ns.name).await;
 
     let workspaces: Api<Workspace> = Api::namespaced(client.clone(), &ns.name);
     let ws = wait_ready(&workspaces, "payments").await;
@@ -218,13 +217,13 @@ async fn workspace_changes_reach_the_children_and_deletion_collects_them() {
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
     assert!(pdbs.get_opt("web-portal").await.unwrap().is_none(), "no PDB for one replica");
 
-    let patch = serde_json::json!({"spec": {"portal": {"replicas": 3, "image": "registry.example.com/hyperpage:e2e-2"}}});
+    let patch = serde_json::json!({"spec": {"portal": {"replicas": 3, "image": "ghcr.io/hyperpage-dev/hyperpage:e2e-2"}}});
     workspaces.patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     wait_for("the Deployment to follow replicas and image", ROLLOUT, || async {
         let d = deployments.get("web-portal").await.ok()?;
         let spec = d.spec?;
         let image = spec.template.spec?.containers[0].image.clone()?;
-        (spec.replicas == Some(3) && image == "registry.example.com/hyperpage:e2e-2").then_some(())
+        (spec.replicas == Some(3) && image == "ghcr.io/hyperpage-dev/hyperpage:e2e-2").then_some(())
     })
     .await;
     wait_for("a PDB for 3 replicas", Duration::from_secs(30), || async { pdbs.get_opt("web-portal").await.ok()?.map(|_| ()) }).await;

@@ -89,6 +89,13 @@ pub async fn apply_file(client: &Client, namespace: &str, path: &Path) {
     apply_yaml(client, namespace, &std::fs::read_to_string(path).unwrap()).await;
 }
 
+/// Applies the examples a person starts from: the Secrets, the Workspace and three bindings.
+pub async fn apply_examples(client: &Client, namespace: &str) {
+    for file in ["secret-template.yaml", "workspace.yaml", "toolbinding-github.yaml", "toolbinding-gitlab.yaml", "toolbinding-jira.yaml"] {
+        apply_file(client, namespace, &repo().join("examples").join(file)).await;
+    }
+}
+
 /// Installs the committed CRDs and waits until the API server serves them.
 pub async fn install_crds(client: &Client) {
     for entry in std::fs::read_dir(repo().join("crds")).unwrap() {

@@ -1,0 +1,193 @@
+//! Where the operator looks (`--watch-namespaces`): the whole cluster, or one namespaced
+//! watch per namespace, merged into the single event stream a reflector store expects.
+//!
+//! A reflector treats `Init` … `InitDone` as "replace the whole store". Merging per-namespace
+//! watches naively would let one namespace's relist wipe the others' objects, so the merge
+//! keeps the last list of each namespace and turns any namespace's relist into one relist of
+//! all of them (sent once every namespace has listed at least once).
+
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::watcher::{self, Error, Event, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+
+type Item<K> = Result<Event<K>, Error>;
+/// One namespace's watch (the namespace is empty for a cluster-wide watch).
+type NamespaceWatch<K> = (String, BoxStream<'static, Item<K>>);
+
+/// Events a slow subscriber may fall behind by before the shared watch waits for it.
+const SUBSCRIBE_BUFFER: usize = 1024;
+
+/// Where the operator looks: the whole cluster, or only the namespaces it was given.
+#[derive(Clone)]
+pub struct Scope {
+    client: Client,
+    namespaces: Vec<String>,
+}
+
+impl Scope {
+    pub fn new(client: Client, namespaces: Vec<String>) -> Self {
+        Self { client, namespaces }
+    }
+
+    /// One watch of `K` per namespace (or one cluster-wide), managedFields stripped.
+    pub fn watches<K>(&self, config: watcher::Config) -> Vec<NamespaceWatch<K>>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
+        let apis: Vec<(String, Api<K>)> = if self.namespaces.is_empty() {
+            vec![(String::new(), Api::all(self.client.clone()))]
+        } else {
+            self.namespaces.iter().map(|ns| (ns.clone(), Api::namespaced(self.client.clone(), ns))).collect()
+        };
+        apis.into_iter()
+            .map(|(ns, api)| {
+                (ns, watcher(api, config.clone()).default_backoff().modify(|o: &mut K| o.managed_fields_mut().clear()).boxed())
+            })
+            .collect()
+    }
+
+    /// A shared watch cache of `K` in scope, and the future that keeps it current.
+    pub fn shared_cache<K>(
+        &self,
+        config: watcher::Config,
+    ) -> (Store<K>, ReflectHandle<K>, ReflectHandle<K>, impl std::future::Future<Output = ()>)
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let (reader, writer) = reflector::store_shared(SUBSCRIBE_BUFFER);
+        let first = writer.subscribe().expect("shared stores hand out subscribers");
+        let second = writer.subscribe().expect("shared stores hand out subscribers");
+        let kind = K::kind(&()).to_string();
+        let mut watches = self.watches::<K>(config);
+        let events = match watches.len() {
+            1 => watches.remove(0).1,
+            _ => merge_namespaces(watches).boxed(),
+        };
+        let drive = events.reflect_shared(writer).for_each(move |event| {
+            if let Err(error) = event {
+                tracing::warn!(%error, kind = %kind, "watch failed; retrying");
+            }
+            std::future::ready(())
+        });
+        (reader, first, second, drive)
+    }
+}
+
+/// The state of the merge: each namespace's objects as last seen.
+struct Merge<K> {
+    namespaces: usize,
+    current: BTreeMap<String, BTreeMap<String, K>>,
+    listing: BTreeMap<String, BTreeMap<String, K>>,
+    listed: BTreeSet<String>,
+}
+
+impl<K: ResourceExt + Clone> Merge<K> {
+    fn new(namespaces: usize) -> Self {
+        Self { namespaces, current: BTreeMap::new(), listing: BTreeMap::new(), listed: BTreeSet::new() }
+    }
+
+    fn all_listed(&self) -> bool {
+        self.listed.len() == self.namespaces
+    }
+
+    /// One event of namespace `ns` in; what the merged stream says out.
+    fn step(&mut self, ns: &str, item: Item<K>) -> Vec<Item<K>> {
+        let event = match item {
+            Ok(event) => event,
+            Err(error) => return vec![Err(error)],
+        };
+        match event {
+            Event::Init => {
+                self.listing.insert(ns.to_string(), BTreeMap::new());
+                Vec::new()
+            }
+            Event::InitApply(object) => {
+                self.listing.entry(ns.to_string()).or_default().insert(object.name_any(), object);
+                Vec::new()
+            }
+            Event::InitDone => {
+                let listed = self.listing.remove(ns).unwrap_or_default();
+                self.current.insert(ns.to_string(), listed);
+                self.listed.insert(ns.to_string());
+                if !self.all_listed() {
+                    return Vec::new();
+                }
+                let mut out = vec![Ok(Event::Init)];
+                out.extend(self.current.values().flat_map(|objects| objects.values()).map(|o| Ok(Event::InitApply(o.clone()))));
+                out.push(Ok(Event::InitDone));
+                out
+            }
+            Event::Apply(object) => {
+                self.current.entry(ns.to_string()).or_default().insert(object.name_any(), object.clone());
+                if self.all_listed() { vec![Ok(Event::Apply(object))] } else { Vec::new() }
+            }
+            Event::Delete(object) => {
+                self.current.entry(ns.to_string()).or_default().remove(&object.name_any());
+                if self.all_listed() { vec![Ok(Event::Delete(object))] } else { Vec::new() }
+            }
+        }
+    }
+}
+
+/// Merges one watch per namespace into one stream a reflector can own.
+pub fn merge_namespaces<K, S>(streams: Vec<(String, S)>) -> impl Stream<Item = Item<K>> + Send
+where
+    K: ResourceExt + Clone + Send + 'static,
+    S: Stream<Item = Item<K>> + Send + 'static,
+{
+    let mut merge = Merge::new(streams.len());
+    let tagged = streams.into_iter().map(|(ns, stream)| stream.map(move |item| (ns.clone(), item)).boxed());
+    futures::stream::select_all(tagged).flat_map(move |(ns, item)| futures::stream::iter(merge.step(&ns, item)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::reflector::store::Writer;
+
+    fn cm(ns: &str, name: &str) -> ConfigMap {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": ns}})).unwrap()
+    }
+
+    fn names(reader: &Store<ConfigMap>) -> Vec<String> {
+        let mut names: Vec<String> = reader.state().iter().map(|o| format!("{}/{}", o.namespace().unwrap(), o.name_any())).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_relist_of_one_namespace_keeps_the_others_and_drops_what_it_no_longer_has() {
+        let mut merge = Merge::new(2);
+        let mut writer = Writer::<ConfigMap>::default();
+        let reader = writer.as_reader();
+        let mut feed = |merge: &mut Merge<ConfigMap>, ns: &str, event: Event<ConfigMap>| {
+            for out in merge.step(ns, Ok(event)) {
+                writer.apply_watcher_event(&out.unwrap());
+            }
+            names(&reader)
+        };
+        feed(&mut merge, "a", Event::Init);
+        feed(&mut merge, "a", Event::InitApply(cm("a", "one")));
+        assert!(feed(&mut merge, "a", Event::InitDone).is_empty(), "nothing until every namespace listed");
+        feed(&mut merge, "a", Event::Apply(cm("a", "two")));
+        feed(&mut merge, "b", Event::Init);
+        feed(&mut merge, "b", Event::InitApply(cm("b", "x")));
+        assert_eq!(feed(&mut merge, "b", Event::InitDone), ["a/one", "a/two", "b/x"]);
+        assert!(reader.wait_until_ready().now_or_never().is_some(), "the store is ready once all listed");
+        // b relists after a watch error: x is gone, y is new; a's objects stay.
+        feed(&mut merge, "b", Event::Init);
+        feed(&mut merge, "b", Event::InitApply(cm("b", "y")));
+        assert_eq!(feed(&mut merge, "b", Event::InitDone), ["a/one", "a/two", "b/y"]);
+        assert_eq!(feed(&mut merge, "a", Event::Delete(cm("a", "one"))), ["a/two", "b/y"]);
+    }
+}
