@@ -70,6 +70,11 @@ struct OperatorArgs {
     #[arg(long, env = "HYPERPAGE_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
     retry_period: Duration,
 
+    /// The ClusterRoleBinding (created by the chart, granting `create` on tokenreviews) whose
+    /// subjects the operator keeps equal to the portals' ServiceAccounts. Empty: left alone.
+    #[arg(long, env = "HYPERPAGE_PORTAL_TOKEN_REVIEW_BINDING", default_value = "")]
+    portal_token_review_binding: String,
+
     /// Image the portal Deployments run when a Workspace names none.
     #[arg(long, env = "HYPERPAGE_PORTAL_IMAGE", default_value = concat!("ghcr.io/hyperpage-dev/hyperpage:", env!("CARGO_PKG_VERSION")))]
     portal_image: String,
@@ -129,9 +134,18 @@ struct PortalArgs {
     #[arg(long, env = "HYPERPAGE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
 
+    /// Address to serve /metrics on (and the probes again); keep it away from users.
+    #[arg(long, env = "HYPERPAGE_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: SocketAddr,
+
     /// Serve only the JSON API and probes (sidecar mode, beside a portal image of your own).
     #[arg(long, env = "HYPERPAGE_API_ONLY")]
     api_only: bool,
+
+    /// Who may see the portal: `kubernetes` (whoever the cluster's RBAC allows to get the
+    /// Workspace, signed in with a bearer token) or `public` (anyone who can reach it).
+    #[arg(long, env = "HYPERPAGE_ACCESS_MODE", default_value = "kubernetes")]
+    access_mode: hyperpage::portal::auth::AccessMode,
 }
 
 fn default_identity() -> String {
@@ -185,7 +199,10 @@ async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Erro
     let config = OperatorConfig {
         admin_address: args.admin_address,
         lease,
-        build: BuildConfig { portal_image: args.portal_image },
+        build: BuildConfig {
+            portal_image: args.portal_image,
+            portal_access: hyperpage::operator::portal_access::PortalAccess::new(Some(args.portal_token_review_binding)),
+        },
         resync: args.resync,
         concurrency: args.concurrency.max(1),
         engine,
@@ -195,7 +212,14 @@ async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Erro
 
 async fn run_portal(args: PortalArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let client = client(format!("hyperpage-portal/{}", hyperpage::VERSION)).await?;
-    let config = PortalConfig { namespace: args.namespace, workspace: args.workspace, listen: args.listen, api_only: args.api_only };
+    let config = PortalConfig {
+        namespace: args.namespace,
+        workspace: args.workspace,
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        api_only: args.api_only,
+        access_mode: args.access_mode,
+    };
     hyperpage::portal::run(client, config).await
 }
 

@@ -36,6 +36,8 @@ pub const PORTAL_PORT: i32 = 8080;
 pub struct BuildConfig {
     /// Image that runs `hyperpage portal` (the operator's own image by default).
     pub portal_image: String,
+    /// How portals check who may see them.
+    pub portal_access: super::portal_access::PortalAccess,
 }
 
 /// Every child of one Workspace. Optional children are `None` when they must not exist.
@@ -131,12 +133,15 @@ fn service_account(ws: &Workspace) -> ServiceAccount {
 fn role(ws: &Workspace) -> Role {
     Role {
         metadata: metadata(ws),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![crate::api::GROUP.into()]),
-            resources: Some(vec!["workspaces".into(), "toolbindings".into()]),
-            verbs: vec!["get".into(), "list".into(), "watch".into()],
-            ..Default::default()
-        }]),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![crate::api::GROUP.into()]),
+                resources: Some(vec!["workspaces".into(), "toolbindings".into()]),
+                verbs: vec!["get".into(), "list".into(), "watch".into()],
+                ..Default::default()
+            },
+            super::portal_access::access_review_rule(),
+        ]),
     }
 }
 
@@ -217,7 +222,7 @@ fn hyperpage_container(ws: &Workspace, portal: &PortalSpec, config: &BuildConfig
             },
             EnvVar { name: "HYPERPAGE_WORKSPACE".into(), value: Some(ws.name_any()), ..Default::default() },
         ]),
-        ports: Some(vec![port(port_name, PORTAL_PORT)]),
+        ports: Some(vec![port(port_name, PORTAL_PORT), super::portal_access::metrics_port()]),
         liveness_probe: Some(http_probe("/healthz", port_name, 10)),
         readiness_probe: Some(http_probe("/readyz", port_name, 5)),
         resources: Some(resources),
@@ -396,7 +401,7 @@ mod tests {
     }
 
     fn config() -> BuildConfig {
-        BuildConfig { portal_image: "ghcr.io/hyperpage-dev/hyperpage:0.1.0".into() }
+        BuildConfig { portal_image: "ghcr.io/hyperpage-dev/hyperpage:0.1.0".into(), portal_access: Default::default() }
     }
 
     const BASIC: &str = include_str!("../../tests/fixtures/workspace-basic.yaml");

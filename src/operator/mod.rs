@@ -4,6 +4,7 @@ pub mod children;
 pub mod context;
 pub mod diff;
 pub mod error;
+pub mod portal_access;
 pub mod toolbinding;
 pub mod workspace;
 

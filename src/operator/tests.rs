@@ -147,7 +147,7 @@ fn context(client: Client, fence: Fence) -> (Arc<Context>, Caches) {
         ingresses,
         pod_disruption_budgets,
     };
-    let build = BuildConfig { portal_image: "ghcr.io/hyperpage-dev/hyperpage:0.1.0".into() };
+    let build = BuildConfig { portal_image: "ghcr.io/hyperpage-dev/hyperpage:0.1.0".into(), portal_access: Default::default() };
     let ctx = Arc::new(Context::new(client, stores, build, fence, Metrics::new(), Duration::from_secs(600)));
     let caches = Caches {
         workspaces: ws_w,

@@ -77,6 +77,7 @@ async fn reconcile_inner(ws: &Workspace, ctx: &Context) -> Result<Action, Error>
     apply_children(ctx, &namespace, &desired).await?;
     let status = compute_status(ws, observed.deployment.as_deref(), &observed.bindings, &now);
     write_status(ws, ctx, status).await?;
+    super::portal_access::ensure_token_reviewers(ctx, CONTROLLER).await?;
     Ok(Action::requeue(ctx.resync))
 }
 

@@ -10,15 +10,22 @@
 //!   that fragment on every change (and every 30 s, so relative times and stale marks stay
 //!   true)
 //! - `/api/v1/workspace`, `/api/v1/toolbindings`, `/api/v1/openapi.json`
-//! - `/healthz`, `/readyz` (the Workspace and the bindings are in the cache), `/metrics`
+//! - `/healthz`, `/readyz` (the Workspace and the bindings are in the cache), open to
+//!   everyone, like `/assets/*`
+//! - `/metrics` on a port of its own (`--metrics-listen`), so that it can be kept from users
+//!
+//! In the `kubernetes` access mode (the default) every other route answers only people the
+//! cluster's RBAC allows to `get` this Workspace (see [`auth`]).
 
+pub mod auth;
 mod page;
 
 pub use page::{CONTENT_SECURITY_POLICY, Mark, Tiles, escape, marks, render, render_dashboard, tiles};
 
 use crate::api::{ToolBinding, Workspace};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::{Router, routing::get};
@@ -43,7 +50,19 @@ pub struct PortalConfig {
     pub namespace: String,
     pub workspace: String,
     pub listen: SocketAddr,
+    /// Where `/metrics` is served (and `/healthz`, `/readyz` again, for the kubelet).
+    pub metrics_listen: SocketAddr,
     pub api_only: bool,
+    pub access_mode: auth::AccessMode,
+}
+
+/// How requests are let in.
+#[derive(Clone)]
+pub enum Access {
+    /// Everyone (`--access-mode public`).
+    Public,
+    /// Whoever RBAC allows to `get` the Workspace.
+    Kubernetes(Arc<auth::Gate>),
 }
 
 type Labels = Vec<(String, String)>;
@@ -66,6 +85,8 @@ pub struct PortalMetrics {
     pub watch_errors: Family<Labels, Counter>,
     /// Browsers currently connected to `/events`.
     pub live_clients: Gauge,
+    /// Access decisions in `kubernetes` mode, by outcome.
+    pub access: Family<Labels, Counter>,
     registry: Arc<Registry>,
 }
 
@@ -78,6 +99,7 @@ impl PortalMetrics {
             relists: Family::default(),
             watch_errors: Family::default(),
             live_clients: Gauge::default(),
+            access: Family::default(),
             registry: Arc::new(Registry::default()),
         };
         registry.register("requests", "HTTP requests served, by route", metrics.requests.clone());
@@ -85,6 +107,7 @@ impl PortalMetrics {
         registry.register("relists", "LIST requests made by the watchers (start and re-lists), by kind", metrics.relists.clone());
         registry.register("watch_errors", "Watch failures, retried with backoff, by kind", metrics.watch_errors.clone());
         registry.register("live_clients", "Browsers connected to /events", metrics.live_clients.clone());
+        registry.register("access", "Access decisions (allowed, unauthenticated, forbidden, unavailable)", metrics.access.clone());
         let info = Family::<Labels, Gauge>::default();
         info.get_or_create(&label("version", crate::VERSION)).set(1);
         registry.register("build_info", "The running version", info);
@@ -101,13 +124,15 @@ pub struct PortalState {
     pub workspaces: Store<Workspace>,
     pub bindings: Store<ToolBinding>,
     pub metrics: PortalMetrics,
+    pub access: Access,
     changes: Arc<watch::Sender<u64>>,
     bindings_synced: Arc<AtomicBool>,
 }
 
 impl PortalState {
-    pub fn new(namespace: String, workspace: String, workspaces: Store<Workspace>, bindings: Store<ToolBinding>) -> Self {
+    pub fn new(namespace: String, workspace: String, workspaces: Store<Workspace>, bindings: Store<ToolBinding>, access: Access) -> Self {
         Self {
+            access,
             namespace,
             workspace,
             workspaces,
@@ -142,23 +167,110 @@ impl PortalState {
 }
 
 pub fn router(state: PortalState, api_only: bool) -> Router {
-    let mut app = Router::new()
+    let mut private = Router::new()
         .route("/api/v1/workspace", get(api_workspace))
         .route("/api/v1/toolbindings", get(api_bindings))
-        .route("/api/v1/openapi.json", get(api_openapi))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/api/v1/openapi.json", get(api_openapi));
+    let mut open = probes();
     if !api_only {
-        app = app
-            .route("/", get(index))
-            .route("/fragment", get(fragment))
-            .route("/events", get(events))
+        private = private.route("/", get(index)).route("/fragment", get(fragment)).route("/events", get(events));
+        open = open
             .route("/assets/portal.js", get(|| async { asset("text/javascript; charset=utf-8", page::SCRIPT) }))
             .route("/assets/portal.css", get(|| async { asset("text/css; charset=utf-8", page::STYLE) }))
             .route("/assets/favicon.svg", get(|| async { asset("image/svg+xml", page::FAVICON) }));
     }
-    app.with_state(state).layer(axum::middleware::map_response(security_headers))
+    let private = private.route_layer(axum::middleware::from_fn_with_state(state.clone(), require_access));
+    private.merge(open).with_state(state).layer(axum::middleware::map_response(security_headers))
+}
+
+fn probes() -> Router<PortalState> {
+    Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz))
+}
+
+/// The metrics port: `/metrics` and the probes, no tenant data.
+pub fn metrics_router(state: PortalState) -> Router {
+    probes().route("/metrics", get(metrics)).with_state(state)
+}
+
+/// Lets a request through only with an identity that RBAC allows to see this Workspace.
+async fn require_access(State(state): State<PortalState>, mut request: Request, next: Next) -> Response {
+    let Access::Kubernetes(gate) = &state.access else {
+        return next.run(request).await;
+    };
+    let credential = auth::bearer(request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+    let verdict = gate.check(credential).await;
+    let outcome = match &verdict {
+        auth::Verdict::Allowed(_) => "allowed",
+        auth::Verdict::Unauthenticated(_) => "unauthenticated",
+        auth::Verdict::Forbidden { .. } => "forbidden",
+        auth::Verdict::Unavailable => "unavailable",
+    };
+    state.metrics.access.get_or_create(&label("outcome", outcome)).inc();
+    match verdict {
+        auth::Verdict::Allowed(identity) => {
+            request.extensions_mut().insert(identity);
+            next.run(request).await
+        }
+        refused => refusal(&refused, wants_json(&request)),
+    }
+}
+
+/// API clients get JSON, browsers a page.
+fn wants_json(request: &Request) -> bool {
+    let accept = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    request.uri().path().starts_with("/api/") || (accept.contains("application/json") && !accept.contains("text/html"))
+}
+
+/// The answer to a request that is not let in: who the caller is and what is missing.
+fn refusal(verdict: &auth::Verdict, json: bool) -> Response {
+    let (status, error, identity, permission) = match verdict {
+        auth::Verdict::Allowed(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        auth::Verdict::Unauthenticated(auth::Unauthenticated::NoCredential) => {
+            (StatusCode::UNAUTHORIZED, "sign-in required: send a bearer token the cluster accepts", None, None)
+        }
+        auth::Verdict::Unauthenticated(auth::Unauthenticated::Rejected) => {
+            (StatusCode::UNAUTHORIZED, "the cluster did not accept this token (expired, revoked or unknown)", None, None)
+        }
+        auth::Verdict::Forbidden { identity, permission } => (StatusCode::FORBIDDEN, "forbidden", Some(identity), Some(permission)),
+        auth::Verdict::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "failed to ask the API server; try again", None, None),
+    };
+    let mut response = if json {
+        let mut body = serde_json::json!({ "error": error });
+        if let (Some(identity), Some(permission)) = (identity, permission) {
+            body["user"] = serde_json::json!(identity.username);
+            body["groups"] = serde_json::json!(identity.groups);
+            body["missingPermission"] = serde_json::json!(permission.to_string());
+        }
+        (status, Json(body)).into_response()
+    } else {
+        let body = match (identity, permission) {
+            (Some(identity), Some(permission)) => format!(
+                "<p>You are signed in as <b data-user>{}</b>{}.</p><p>Seeing this portal needs the permission <code data-missing>{}</code>, which you do not have.</p><p>A namespace admin can grant it: <code>kubectl create rolebinding portal-viewers -n {} --clusterrole=hyperpage-workspace-viewer --user={}</code> (or <code>--group=…</code>).</p>",
+                page::escape(&identity.username),
+                if identity.groups.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (groups: {})", page::escape(&identity.groups.join(", ")))
+                },
+                page::escape(&permission.to_string()),
+                page::escape(&permission.namespace),
+                page::escape(&identity.username),
+            ),
+            _ => format!("<p>{}</p>", page::escape(error)),
+        };
+        let title = if status == StatusCode::FORBIDDEN {
+            "Access denied"
+        } else if status == StatusCode::UNAUTHORIZED {
+            "Sign-in required"
+        } else {
+            "Try again"
+        };
+        (status, Html(page::notice(title, &body))).into_response()
+    };
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"hyperpage\""));
+    }
+    response
 }
 
 /// Every response: the strict CSP and friends; nothing is cached unless the route says so.
@@ -350,8 +462,15 @@ pub async fn run(client: Client, config: PortalConfig) -> Result<(), Box<dyn std
     let (workspaces, ws_writer) = reflector::store();
     let (bindings, tb_writer) = reflector::store();
     let ws_api: Api<Workspace> = Api::namespaced(client.clone(), &config.namespace);
-    let tb_api: Api<ToolBinding> = Api::namespaced(client, &config.namespace);
-    let state = PortalState::new(config.namespace.clone(), config.workspace.clone(), workspaces, bindings);
+    let tb_api: Api<ToolBinding> = Api::namespaced(client.clone(), &config.namespace);
+    let access = match config.access_mode {
+        auth::AccessMode::Public => Access::Public,
+        auth::AccessMode::Kubernetes => Access::Kubernetes(Arc::new(auth::Gate::new(
+            client.clone(),
+            auth::Permission { namespace: config.namespace.clone(), workspace: config.workspace.clone() },
+        ))),
+    };
+    let state = PortalState::new(config.namespace.clone(), config.workspace.clone(), workspaces, bindings, access);
 
     let ws_state = state.clone();
     let ws_watch = watcher(ws_api, watcher::Config::default().fields(&format!("metadata.name={}", config.workspace)))
@@ -369,9 +488,11 @@ pub async fn run(client: Client, config: PortalConfig) -> Result<(), Box<dyn std
             std::future::ready(())
         });
 
+    let metrics_app = metrics_router(state.clone());
     let app = router(state, config.api_only);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(address = %config.listen, namespace = %config.namespace, workspace = %config.workspace, api_only = config.api_only, "portal listening");
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen).await?;
+    tracing::info!(address = %config.listen, metrics = %config.metrics_listen, namespace = %config.namespace, workspace = %config.workspace, api_only = config.api_only, access = %config.access_mode, "portal listening");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
@@ -384,6 +505,7 @@ pub async fn run(client: Client, config: PortalConfig) -> Result<(), Box<dyn std
     // answered from memory, so there is nothing to finish.
     tokio::select! {
         result = axum::serve(listener, app) => result?,
+        result = axum::serve(metrics_listener, metrics_app) => result?,
         _ = futures::future::join(ws_watch, tb_watch) => {}
         _ = shutdown => {}
     }

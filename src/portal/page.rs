@@ -436,6 +436,16 @@ pub fn render(ws: Option<&Workspace>, name: &str, namespace: &str, bindings: &[A
     )
 }
 
+/// A page that is not the dashboard (sign-in needed, access refused): `body` is trusted HTML
+/// built by the caller with [`escape`].
+pub fn notice(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><meta name=\"color-scheme\" content=\"light dark\"><title>{} · Hyperpage</title><link rel=\"icon\" href=\"/assets/favicon.svg\" type=\"image/svg+xml\"><link rel=\"stylesheet\" href=\"/assets/portal.css\"></head><body><main class=\"notice\" data-notice><h1>{}</h1>{body}</main></body></html>",
+        escape(title),
+        escape(title),
+    )
+}
+
 pub const SCRIPT: &str = include_str!("assets/portal.js");
 pub const STYLE: &str = include_str!("assets/portal.css");
 pub const FAVICON: &str = include_str!("assets/favicon.svg");

@@ -4,6 +4,7 @@
 mod chart;
 mod engine;
 mod portal;
+mod portal_auth;
 mod support;
 
 use hyperpage::api::conditions::{self, CREDENTIALS_VALID, PROGRESSING, READY};
