@@ -211,17 +211,25 @@ fn hyperpage_container(ws: &Workspace, portal: &PortalSpec, config: &BuildConfig
         name: name.into(),
         image: Some(image),
         args: Some(args),
-        env: Some(vec![
-            EnvVar {
-                name: "HYPERPAGE_NAMESPACE".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector { field_path: "metadata.namespace".into(), ..Default::default() }),
+        env: Some(
+            vec![
+                EnvVar {
+                    name: "HYPERPAGE_NAMESPACE".into(),
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector { field_path: "metadata.namespace".into(), ..Default::default() }),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            },
-            EnvVar { name: "HYPERPAGE_WORKSPACE".into(), value: Some(ws.name_any()), ..Default::default() },
-        ]),
+                },
+                EnvVar { name: "HYPERPAGE_WORKSPACE".into(), value: Some(ws.name_any()), ..Default::default() },
+            ]
+            .into_iter()
+            .chain(if api_only { Vec::new() } else { super::portal_access::portal_env(ws, &config.portal_access) })
+            .collect(),
+        ),
+        volume_mounts: (!api_only)
+            .then(|| super::portal_access::session_volume(ws, &config.portal_access).map(|(_, mount)| vec![mount]))
+            .flatten(),
         ports: Some(vec![port(port_name, PORTAL_PORT), super::portal_access::metrics_port()]),
         liveness_probe: Some(http_probe("/healthz", port_name, 10)),
         readiness_probe: Some(http_probe("/readyz", port_name, 5)),
@@ -262,6 +270,11 @@ fn deployment(ws: &Workspace, config: &BuildConfig) -> Deployment {
             ]
         }
     };
+    if let Some((volume, _)) = super::portal_access::session_volume(ws, &config.portal_access)
+        && portal.sidecar.is_none()
+    {
+        volumes.get_or_insert_with(Vec::new).push(volume);
+    }
     let topology_spread_constraints = (replicas > 1).then(|| {
         vec![TopologySpreadConstraint {
             max_skew: 1,

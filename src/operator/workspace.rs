@@ -74,6 +74,7 @@ async fn reconcile_inner(ws: &Workspace, ctx: &Context) -> Result<Action, Error>
         return Ok(Action::await_change());
     }
     let desired = children::build(ws, &ctx.build);
+    super::portal_access::ensure_session_secret(ctx, CONTROLLER, ws, desired.service_account.metadata.clone()).await?;
     apply_children(ctx, &namespace, &desired).await?;
     let status = compute_status(ws, observed.deployment.as_deref(), &observed.bindings, &now);
     write_status(ws, ctx, status).await?;

@@ -173,14 +173,26 @@ pub fn verdict_from_review(identity: Identity, permission: &Permission, status: 
     }
 }
 
-/// The `exp` claim of a JWT, read without verifying it: only to end a cached answer no later
-/// than the token itself (the API server has verified it).
-pub fn jwt_expiry(token: &str) -> Option<jiff::Timestamp> {
+/// The claims of a JWT, read without verifying it: only for what the portal checks beside
+/// the API server (which verifies the token): its expiry and its nonce.
+pub fn jwt_claims(token: &str) -> Option<serde_json::Value> {
     use base64::Engine as _;
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    jiff::Timestamp::from_second(claims.get("exp")?.as_i64()?).ok()
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The `exp` claim of a JWT, to end a cached answer no later than the token itself.
+pub fn jwt_expiry(token: &str) -> Option<jiff::Timestamp> {
+    jiff::Timestamp::from_second(jwt_claims(token)?.get("exp")?.as_i64()?).ok()
+}
+
+/// An unsigned JWT with these claims, for tests of what is read from one.
+#[cfg(test)]
+pub fn test_jwt(claims: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!("{}.{}.sig", b(&serde_json::json!({"alg": "RS256"})), b(&claims))
 }
 
 /// How long an answer about `token` may be reused from `now`.
@@ -387,12 +399,8 @@ mod tests {
 
     #[test]
     fn cached_answers_end_no_later_than_the_token() {
-        use base64::Engine as _;
         let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
-        let jwt = |claims: serde_json::Value| {
-            let b = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-            format!("{}.{}.sig", b(&serde_json::json!({"alg": "RS256"})), b(&claims))
-        };
+        let jwt = test_jwt;
         assert_eq!(cache_lifetime(&jwt(serde_json::json!({"exp": 1_800_000_020})), now), Duration::from_secs(20));
         assert_eq!(cache_lifetime(&jwt(serde_json::json!({"exp": 1_800_003_600})), now), CACHE_TTL);
         assert_eq!(cache_lifetime(&jwt(serde_json::json!({"exp": 1_700_000_000})), now), Duration::ZERO);

@@ -14,16 +14,22 @@
 //!   everyone, like `/assets/*`
 //! - `/metrics` on a port of its own (`--metrics-listen`), so that it can be kept from users
 //!
+//! - `/auth/sign-in`, `/auth/callback`, `/auth/sign-out`, `/auth/signed-out`: the OpenID
+//!   Connect sign-in, when an issuer is configured (see [`oidc`])
+//!
 //! In the `kubernetes` access mode (the default) every other route answers only people the
-//! cluster's RBAC allows to `get` this Workspace (see [`auth`]).
+//! cluster's RBAC allows to `get` this Workspace (see [`auth`]), signed in with a bearer token
+//! or a browser session ([`session`]).
 
 pub mod auth;
+pub mod oidc;
 mod page;
+pub mod session;
 
 pub use page::{CONTENT_SECURITY_POLICY, Mark, Tiles, escape, marks, render, render_dashboard, tiles};
 
 use crate::api::{ToolBinding, Workspace};
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -54,6 +60,8 @@ pub struct PortalConfig {
     pub metrics_listen: SocketAddr,
     pub api_only: bool,
     pub access_mode: auth::AccessMode,
+    /// Browser sign-in (kubernetes mode only).
+    pub oidc: Option<oidc::OidcConfig>,
 }
 
 /// How requests are let in.
@@ -125,6 +133,8 @@ pub struct PortalState {
     pub bindings: Store<ToolBinding>,
     pub metrics: PortalMetrics,
     pub access: Access,
+    /// Browser sign-in, when configured.
+    pub oidc: Option<Arc<oidc::Oidc>>,
     changes: Arc<watch::Sender<u64>>,
     bindings_synced: Arc<AtomicBool>,
 }
@@ -133,6 +143,7 @@ impl PortalState {
     pub fn new(namespace: String, workspace: String, workspaces: Store<Workspace>, bindings: Store<ToolBinding>, access: Access) -> Self {
         Self {
             access,
+            oidc: None,
             namespace,
             workspace,
             workspaces,
@@ -174,6 +185,13 @@ pub fn router(state: PortalState, api_only: bool) -> Router {
     let mut open = probes();
     if !api_only {
         private = private.route("/", get(index)).route("/fragment", get(fragment)).route("/events", get(events));
+        if state.oidc.is_some() {
+            open = open
+                .route("/auth/sign-in", get(sign_in))
+                .route("/auth/callback", get(callback))
+                .route("/auth/sign-out", axum::routing::post(sign_out))
+                .route("/auth/signed-out", get(signed_out));
+        }
         open = open
             .route("/assets/portal.js", get(|| async { asset("text/javascript; charset=utf-8", page::SCRIPT) }))
             .route("/assets/portal.css", get(|| async { asset("text/css; charset=utf-8", page::STYLE) }))
@@ -192,12 +210,43 @@ pub fn metrics_router(state: PortalState) -> Router {
     probes().route("/metrics", get(metrics)).with_state(state)
 }
 
+/// How the visitor of a request signed in, for the page's footer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SignedInWith {
+    Bearer,
+    Session,
+}
+
+fn host(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(header::HOST).and_then(|v| v.to_str().ok())
+}
+
+fn cookie_headers(headers: &axum::http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok())
+}
+
 /// Lets a request through only with an identity that RBAC allows to see this Workspace.
 async fn require_access(State(state): State<PortalState>, mut request: Request, next: Next) -> Response {
     let Access::Kubernetes(gate) = &state.access else {
         return next.run(request).await;
     };
-    let credential = auth::bearer(request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+    let headers = request.headers();
+    let mut credential = auth::bearer(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+    let mut with = SignedInWith::Bearer;
+    // A session that does not open (tampered with, or sealed with a rotated key) is cleared.
+    let mut clear_session = false;
+    if credential.is_none()
+        && let Some(oidc) = &state.oidc
+    {
+        match oidc.session(cookie_headers(headers)) {
+            session::Opened::Valid(s) => {
+                credential = Some(auth::Credential::Bearer(s.id_token));
+                with = SignedInWith::Session;
+            }
+            session::Opened::Invalid => clear_session = true,
+            session::Opened::Missing => {}
+        }
+    }
     let verdict = gate.check(credential).await;
     let outcome = match &verdict {
         auth::Verdict::Allowed(_) => "allowed",
@@ -206,13 +255,153 @@ async fn require_access(State(state): State<PortalState>, mut request: Request, 
         auth::Verdict::Unavailable => "unavailable",
     };
     state.metrics.access.get_or_create(&label("outcome", outcome)).inc();
-    match verdict {
+    if matches!(verdict, auth::Verdict::Unauthenticated(_)) && with == SignedInWith::Session {
+        clear_session = true; // the ID token expired or the API server no longer accepts it
+    }
+    let mut response = match verdict {
         auth::Verdict::Allowed(identity) => {
             request.extensions_mut().insert(identity);
+            request.extensions_mut().insert(with);
             next.run(request).await
         }
-        refused => refusal(&refused, wants_json(&request)),
+        // A person opening the page is sent to sign in, and brought back afterwards.
+        auth::Verdict::Unauthenticated(_) if state.oidc.is_some() && request.uri().path() == "/" && !wants_json(&request) => {
+            let back = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let mut url = url::Url::parse("http://portal/auth/sign-in").expect("a valid URL");
+            url.query_pairs_mut().append_pair("return", back);
+            redirect(&format!("{}?{}", url.path(), url.query().unwrap_or_default()))
+        }
+        refused => refusal(&refused, wants_json(&request), with == SignedInWith::Session),
+    };
+    if clear_session {
+        append_cookie(&mut response, session::clear(session::SESSION_COOKIE));
     }
+    response
+}
+
+/// A `303 See Other` to a path on this portal (or the provider).
+fn redirect(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(value) => (StatusCode::SEE_OTHER, [(header::LOCATION, value)]).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn append_cookie(response: &mut Response, set_cookie: String) {
+    if let Ok(value) = HeaderValue::from_str(&set_cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// A page saying what went wrong with a sign-in (never a secret or a token).
+fn sign_in_problem(status: StatusCode, message: &str) -> Response {
+    let body = format!("<p>{}</p><p><a href=\"/\">Start again</a></p>", page::escape(message));
+    (status, Html(page::notice("Sign-in failed", &body))).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct SignInQuery {
+    #[serde(rename = "return")]
+    return_to: Option<String>,
+}
+
+/// Starts a sign-in: remembers state, nonce and PKCE verifier in the login cookie and sends
+/// the browser to the provider.
+async fn sign_in(State(state): State<PortalState>, Query(query): Query<SignInQuery>, headers: axum::http::HeaderMap) -> Response {
+    let Some(oidc) = &state.oidc else { return StatusCode::NOT_FOUND.into_response() };
+    state.count("sign_in");
+    let login = oidc::Login::start(query.return_to.as_deref().unwrap_or("/"));
+    let started = async {
+        let redirect = oidc::redirect_uri(oidc.config.external_url.as_ref(), host(&headers))?;
+        let discovery = oidc.discovery().await?;
+        let url = oidc::authorization_url(discovery, &oidc.config, &login, &redirect)?;
+        let key = oidc.key()?;
+        let cookie = session::seal(&key, session::LOGIN_COOKIE, &login, session::LOGIN_LIFETIME)
+            .map_err(|e| oidc::OidcError::Config(format!("failed to seal the login cookie: {e}")))?;
+        Ok::<_, oidc::OidcError>((url, cookie))
+    };
+    match started.await {
+        Ok((url, cookie)) => {
+            let mut response = redirect(url.as_str());
+            append_cookie(&mut response, cookie);
+            response
+        }
+        Err(error) => {
+            tracing::warn!(%error, "sign-in could not start");
+            sign_in_problem(StatusCode::BAD_GATEWAY, &error.public_message())
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// The provider sends the browser back here: check state, exchange the code, check the
+/// nonce, let the API server say whose ID token it is, and start the session.
+async fn callback(State(state): State<PortalState>, Query(query): Query<CallbackQuery>, headers: axum::http::HeaderMap) -> Response {
+    let (Some(oidc), Access::Kubernetes(gate)) = (&state.oidc, &state.access) else { return StatusCode::NOT_FOUND.into_response() };
+    state.count("callback");
+    let finished = async {
+        let key = oidc.key()?;
+        let login: oidc::Login = match session::open(&key, session::LOGIN_COOKIE, cookie_headers(&headers)) {
+            session::Opened::Valid(login) => login,
+            _ => return Err(oidc::OidcError::Callback("this sign-in expired or was started in another browser")),
+        };
+        if let Some(error) = &query.error {
+            tracing::info!(error = %error, "the provider refused the sign-in");
+            return Err(oidc::OidcError::Callback("the provider did not sign you in"));
+        }
+        oidc::check_state(&login, query.state.as_deref())?;
+        let code = query.code.as_deref().ok_or(oidc::OidcError::Callback("the provider sent no authorization code"))?;
+        let redirect = oidc::redirect_uri(oidc.config.external_url.as_ref(), host(&headers))?;
+        let id_token = oidc.exchange(code, &login, &redirect).await?;
+        oidc::check_nonce(&id_token, &login)?;
+        match gate.authenticate(&id_token).await {
+            Ok(Ok(identity)) => tracing::info!(user = %identity, "signed in"),
+            Ok(Err(_)) => {
+                return Err(oidc::OidcError::Callback(
+                    "the cluster did not accept the ID token (is the API server configured for this issuer and client ID?)",
+                ));
+            }
+            Err(error) => return Err(oidc::OidcError::Review(error.to_string())),
+        }
+        let lifetime = oidc::session_lifetime(&id_token, jiff::Timestamp::now());
+        if lifetime.is_zero() {
+            return Err(oidc::OidcError::Callback("the ID token has already expired"));
+        }
+        let cookie = session::seal(&key, session::SESSION_COOKIE, &oidc::Session { id_token }, lifetime)
+            .map_err(|e| oidc::OidcError::Config(format!("failed to seal the session: {e}")))?;
+        Ok::<_, oidc::OidcError>((login.return_to, cookie))
+    };
+    let mut response = match finished.await {
+        Ok((back, cookie)) => {
+            let mut response = redirect(&back);
+            append_cookie(&mut response, cookie);
+            response
+        }
+        Err(error) => {
+            tracing::warn!(%error, "sign-in failed");
+            sign_in_problem(StatusCode::UNAUTHORIZED, &error.public_message())
+        }
+    };
+    append_cookie(&mut response, session::clear(session::LOGIN_COOKIE));
+    response
+}
+
+/// Ends the browser session (the provider's own session, if it keeps one, is its business).
+async fn sign_out(State(state): State<PortalState>) -> Response {
+    state.count("sign_out");
+    let mut response = redirect("/auth/signed-out");
+    append_cookie(&mut response, session::clear(session::SESSION_COOKIE));
+    response
+}
+
+async fn signed_out() -> Response {
+    Html(page::notice("Signed out", "<p>You are signed out of this portal.</p><p><a href=\"/\">Sign in again</a></p>")).into_response()
 }
 
 /// API clients get JSON, browsers a page.
@@ -221,8 +410,9 @@ fn wants_json(request: &Request) -> bool {
     request.uri().path().starts_with("/api/") || (accept.contains("application/json") && !accept.contains("text/html"))
 }
 
-/// The answer to a request that is not let in: who the caller is and what is missing.
-fn refusal(verdict: &auth::Verdict, json: bool) -> Response {
+/// The answer to a request that is not let in: who the caller is and what is missing (with a
+/// way to sign in as someone else for a browser session).
+fn refusal(verdict: &auth::Verdict, json: bool, session: bool) -> Response {
     let (status, error, identity, permission) = match verdict {
         auth::Verdict::Allowed(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         auth::Verdict::Unauthenticated(auth::Unauthenticated::NoCredential) => {
@@ -244,18 +434,20 @@ fn refusal(verdict: &auth::Verdict, json: bool) -> Response {
         (status, Json(body)).into_response()
     } else {
         let body = match (identity, permission) {
-            (Some(identity), Some(permission)) => format!(
-                "<p>You are signed in as <b data-user>{}</b>{}.</p><p>Seeing this portal needs the permission <code data-missing>{}</code>, which you do not have.</p><p>A namespace admin can grant it: <code>kubectl create rolebinding portal-viewers -n {} --clusterrole=hyperpage-workspace-viewer --user={}</code> (or <code>--group=…</code>).</p>",
-                page::escape(&identity.username),
-                if identity.groups.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (groups: {})", page::escape(&identity.groups.join(", ")))
-                },
-                page::escape(&permission.to_string()),
-                page::escape(&permission.namespace),
-                page::escape(&identity.username),
-            ),
+            (Some(identity), Some(permission)) => {
+                format!(
+                    "<p>You are signed in as <b data-user>{}</b>{}.</p><p>Seeing this portal needs the permission <code data-missing>{}</code>, which you do not have.</p><p>A namespace admin can grant it: <code>kubectl create rolebinding portal-viewers -n {} --clusterrole=hyperpage-workspace-viewer --user={}</code> (or <code>--group=…</code>).</p>",
+                    page::escape(&identity.username),
+                    if identity.groups.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (groups: {})", page::escape(&identity.groups.join(", ")))
+                    },
+                    page::escape(&permission.to_string()),
+                    page::escape(&permission.namespace),
+                    page::escape(&identity.username),
+                ) + if session { page::SIGN_OUT_FORM } else { "" }
+            }
             _ => format!("<p>{}</p>", page::escape(error)),
         };
         let title = if status == StatusCode::FORBIDDEN {
@@ -370,10 +562,18 @@ async fn metrics(State(state): State<PortalState>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }
 
-async fn index(State(state): State<PortalState>) -> Response {
+async fn index(
+    State(state): State<PortalState>,
+    identity: Option<axum::Extension<auth::Identity>>,
+    with: Option<axum::Extension<SignedInWith>>,
+) -> Response {
     state.count("page");
-    Html(page::render(state.workspace().as_deref(), &state.workspace, &state.namespace, &state.bindings(), jiff::Timestamp::now()))
-        .into_response()
+    let account = match (identity, with) {
+        (Some(identity), Some(with)) => page::account(&identity.username, with.0 == SignedInWith::Session),
+        _ => String::new(),
+    };
+    let now = jiff::Timestamp::now();
+    Html(page::render(state.workspace().as_deref(), &state.workspace, &state.namespace, &state.bindings(), now, &account)).into_response()
 }
 
 async fn fragment(State(state): State<PortalState>) -> Response {
@@ -470,7 +670,10 @@ pub async fn run(client: Client, config: PortalConfig) -> Result<(), Box<dyn std
             auth::Permission { namespace: config.namespace.clone(), workspace: config.workspace.clone() },
         ))),
     };
-    let state = PortalState::new(config.namespace.clone(), config.workspace.clone(), workspaces, bindings, access);
+    let mut state = PortalState::new(config.namespace.clone(), config.workspace.clone(), workspaces, bindings, access);
+    if let (Some(oidc), Access::Kubernetes(_)) = (config.oidc.clone(), &state.access) {
+        state.oidc = Some(oidc::Oidc::new(oidc)?);
+    }
 
     let ws_state = state.clone();
     let ws_watch = watcher(ws_api, watcher::Config::default().fields(&format!("metadata.name={}", config.workspace)))

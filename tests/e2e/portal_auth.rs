@@ -43,6 +43,17 @@ impl Drop for PortalAuthGrants {
     }
 }
 
+/// Waits until the operator has put the `payments-portal` account of `namespace` into the
+/// token-review binding.
+async fn wait_for_token_reviewer(client: &Client, namespace: &str) {
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    wait_for("the portal's account in the token-review binding", Duration::from_secs(60), || async {
+        let crb = bindings.get(TOKEN_REVIEW_BINDING).await.ok()?;
+        crb.subjects?.iter().any(|s| s.name == "payments-portal" && s.namespace.as_deref() == Some(namespace)).then_some(())
+    })
+    .await;
+}
+
 /// `kubectl create token` for a ServiceAccount, with extra arguments.
 pub fn token(namespace: &str, account: &str, extra: &[&str]) -> String {
     let mut args = vec!["create", "token", account, "-n", namespace];
@@ -81,12 +92,7 @@ async fn the_portal_lets_in_exactly_whom_rbac_allows_to_get_the_workspace() {
             lease_name: "e2e-portal-auth",
             extra: &["--portal-token-review-binding", TOKEN_REVIEW_BINDING],
         });
-        let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
-        wait_for("the portal's account in the token-review binding", Duration::from_secs(60), || async {
-            let crb = bindings.get(TOKEN_REVIEW_BINDING).await.ok()?;
-            crb.subjects?.iter().any(|s| s.name == "payments-portal" && s.namespace.as_deref() == Some(ns.name.as_str())).then_some(())
-        })
-        .await;
+        wait_for_token_reviewer(&client, &ns.name).await;
     }
 
     // Least privilege, as the API server's authorizer sees it.
@@ -203,4 +209,181 @@ async fn the_portal_lets_in_exactly_whom_rbac_allows_to_get_the_workspace() {
     assert_eq!(status, 200, "{body}");
     drop(public);
     drop(grants);
+}
+
+/// The OpenID provider `e2e/cluster.sh` runs, whose issuer the API server trusts.
+struct Provider {
+    issuer: String,
+    client_id: String,
+    client_secret_file: String,
+    ca_file: String,
+    users: serde_json::Value,
+}
+
+impl Provider {
+    fn from_env() -> Self {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: the sign-in test needs the OpenID provider of the local cluster (`bash e2e/cluster.sh up && source e2e/.run/env`)")
+            })
+        };
+        let users = std::fs::read_to_string(var("HYPERPAGE_E2E_OIDC_USERS")).unwrap();
+        Self {
+            issuer: var("HYPERPAGE_E2E_OIDC_ISSUER"),
+            client_id: var("HYPERPAGE_E2E_OIDC_CLIENT_ID"),
+            client_secret_file: var("HYPERPAGE_E2E_OIDC_CLIENT_SECRET_FILE"),
+            ca_file: var("HYPERPAGE_E2E_OIDC_CA_FILE"),
+            users: serde_json::from_str(&users).unwrap(),
+        }
+    }
+
+    /// `username:password` of the fixture user with this ID.
+    fn login(&self, id: &str) -> String {
+        format!("{}:{}", self.users[id]["Username"].as_str().unwrap(), self.users[id]["Password"].as_str().unwrap())
+    }
+}
+
+/// A private file (removed when dropped) holding bytes taken from a Secret.
+struct SecretFile(PathBuf);
+
+impl SecretFile {
+    fn from_secret(namespace: &str, name: &str, key: &str) -> Self {
+        use base64::Engine as _;
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        let encoded = kubectl(&["get", "secret", name, "-n", namespace, "-o", &format!("jsonpath={{.data.{key}}}")]);
+        let bytes = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).unwrap();
+        let path = std::env::temp_dir().join(format!("hyperpage-e2e-{namespace}-{key}"));
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).unwrap();
+        file.write_all(&bytes).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A member of `team-payments` signs in through the provider's own login form (headless
+/// Chromium) and sees the live dashboard; someone else gets the 403 page; sign-out, cookie
+/// flags and a tampered cookie are checked by e2e/browser/signin.test.mjs.
+#[tokio::test]
+#[ignore = "needs a cluster: make e2e"]
+async fn a_team_member_signs_in_with_the_provider_and_others_are_refused() {
+    let _serial = serial().await;
+    let client = setup().await;
+    let provider = Provider::from_env();
+    let ns = TestNamespace::create(&client, "e2e-signin").await;
+    apply_file(&client, &ns.name, &repo().join("examples/workspace.yaml")).await;
+    let grants = PortalAuthGrants::apply();
+
+    // The operator, configured for sign-in, creates the session Secret and tells the portal
+    // Deployment where the issuer is.
+    {
+        let _operator = Operator::start(OperatorOptions {
+            identity: "portal-signin",
+            lease_name: "e2e-portal-signin",
+            extra: &[
+                "--portal-token-review-binding",
+                TOKEN_REVIEW_BINDING,
+                "--portal-oidc-issuer-url",
+                &provider.issuer,
+                "--portal-oidc-client-id",
+                &provider.client_id,
+                "--portal-oidc-client-secret-file",
+                &provider.client_secret_file,
+            ],
+        });
+        wait_for("the portal's session Secret and Deployment", Duration::from_secs(60), || async {
+            let secret = kubectl_output(&["get", "secret", "payments-portal-session", "-n", &ns.name]);
+            let deployment = kubectl_output(&["get", "deployment", "payments-portal", "-n", &ns.name]);
+            (secret.status.success() && deployment.status.success()).then_some(())
+        })
+        .await;
+        wait_for_token_reviewer(&client, &ns.name).await;
+    }
+    let key = SecretFile::from_secret(&ns.name, "payments-portal-session", "session-key");
+    assert_eq!(std::fs::metadata(&key.0).unwrap().len(), 64, "a 64-byte session key");
+    let copied = SecretFile::from_secret(&ns.name, "payments-portal-session", "oidc-client-secret");
+    assert_eq!(std::fs::read_to_string(&copied.0).unwrap().trim(), std::fs::read_to_string(&provider.client_secret_file).unwrap().trim());
+    let deployment: serde_json::Value =
+        serde_json::from_str(&kubectl(&["get", "deployment", "payments-portal", "-n", &ns.name, "-o", "json"])).unwrap();
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(env.contains(&provider.issuer) && env.contains("HYPERPAGE_SESSION_KEY_FILE"), "{env}");
+    assert!(!env.contains(std::fs::read_to_string(&provider.client_secret_file).unwrap().trim()), "no secret in the Deployment");
+
+    kubectl(&[
+        "create",
+        "rolebinding",
+        "payments-team",
+        "-n",
+        &ns.name,
+        "--clusterrole=hyperpage-workspace-viewer",
+        "--group=oidc:team-payments",
+    ]);
+    let sa = ServiceAccountKubeconfig::create(&ns.name, "payments-portal");
+    let key_path = key.0.to_str().unwrap().to_string();
+    let portal = Portal::start_with(
+        &ns.name,
+        "payments",
+        Some(&sa.path),
+        &[
+            "--oidc-issuer-url",
+            &provider.issuer,
+            "--oidc-client-id",
+            &provider.client_id,
+            "--oidc-client-secret-file",
+            copied.0.to_str().unwrap(),
+            "--oidc-ca-file",
+            &provider.ca_file,
+            "--session-key-file",
+            &key_path,
+        ],
+    );
+    portal.wait_ready(Duration::from_secs(30)).await;
+
+    // Without a browser: the page sends you to sign in; the API asks for a token.
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let page = no_redirects.get(portal.url()).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 303);
+    assert_eq!(page.headers()["location"], "/auth/sign-in?return=%2F");
+    let sign_in = no_redirects.get(format!("{}/auth/sign-in", portal.url())).send().await.unwrap();
+    let location = sign_in.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&provider.issuer) && location.contains("code_challenge_method=S256"), "{location}");
+    assert!(location.contains(&format!("redirect_uri={}", urlencode(&format!("{}/auth/callback", portal.url())))), "{location}");
+    assert_eq!(get_as(&portal, "/api/v1/workspace", None).await.0, 401);
+
+    let browser = repo().join("e2e/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists() && browser.join("node_modules/playwright-core").exists(),
+        "the browser test needs Debian's chromium and playwright-core (e2e/setup.sh installs both)"
+    );
+    let output = std::process::Command::new("node")
+        .arg(browser.join("signin.test.mjs"))
+        .env("PORTAL_URL", portal.url())
+        .env("ISSUER", &provider.issuer)
+        .env("NAMESPACE", &ns.name)
+        .env("WORKSPACE", "payments")
+        .env("ALLOWED", provider.login("u-pat"))
+        .env("DENIED", provider.login("u-oscar"))
+        .env("ARTIFACTS", repo().join("artifacts/browser"))
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("node on PATH");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}");
+    assert!(output.status.success(), "the sign-in browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let signed_in = portal.metric("hyperpage_portal_requests_total{route=\"callback\"}").await.unwrap_or(0.0);
+    assert!(signed_in >= 3.0, "three sign-ins went through the callback ({signed_in})");
+    let log = portal.log_text();
+    assert!(!log.contains("eyJ"), "no token in the portal's log");
+    drop(portal);
+    drop(grants);
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
