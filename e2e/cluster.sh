@@ -33,8 +33,11 @@ SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1 # first IP of SERVICE_CIDR: the `kubernetes` Service (data only)
 POD_CIDR=10.244.0.0/16
 NODES=(kwok-node-0 kwok-node-1)
-# Start order; `down` stops in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+# Start order; `down` stops in reverse. The OpenID provider starts before the API server,
+# which reads its discovery document and keys.
+COMPONENTS=(etcd oidc-provider kube-apiserver kube-controller-manager kube-scheduler kwok)
+# The portals' OpenID client, and the users and groups of the provider (e2e/oidc-users.json).
+OIDC_CLIENT_ID=hyperpage-portal
 
 # The toolchain on this machine must be used as is (no toolchain downloads), and
 # static binaries avoid any dependency on the host's libc.
@@ -79,16 +82,35 @@ HELM_VERSION=$(pinned helm helm.sh/helm/v3)
 CONTROL_PLANE_TOOLS=(etcd helm kubernetes kwok)
 
 cache_key() {
-    local gov hash t
+    local gov hash t mods=() sums=()
     gov=$(go env GOVERSION)
     # Any change to a wrapper module (versions, replaces, sums) or this recipe is a new key.
+    for t in "${CONTROL_PLANE_TOOLS[@]}"; do mods+=("$TOOLS_DIR/$t/go.mod"); sums+=("$TOOLS_DIR/$t/go.sum"); done
     hash=$( { echo "recipe=$RECIPE $(go env GOOS)/$(go env GOARCH)"
-              for t in "${CONTROL_PLANE_TOOLS[@]}"; do cat "$TOOLS_DIR/$t/go.mod"; done
-              for t in "${CONTROL_PLANE_TOOLS[@]}"; do cat "$TOOLS_DIR/$t/go.sum"; done; } | sha256sum | cut -c1-12)
+              cat "${mods[@]}" "${sums[@]}"; } | sha256sum | cut -c1-12)
     echo "k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_${gov}_${hash}"
 }
 
 bin_dir() { echo "$CACHE_ROOT/$(cache_key)"; }
+
+# The OpenID provider (e2e/tools/oidc-provider), keyed by its own module and source.
+oidc_bin() {
+    local hash
+    hash=$(cat "$TOOLS_DIR/oidc-provider/go.mod" "$TOOLS_DIR/oidc-provider/go.sum" "$TOOLS_DIR/oidc-provider/main.go" \
+        | sha256sum | cut -c1-12)
+    echo "$CACHE_ROOT/oidc-provider_$(pinned oidc-provider github.com/zitadel/oidc/v3)_$(go env GOVERSION)_$hash/oidc-provider"
+}
+
+build_oidc() {
+    local out; out=$(oidc_bin)
+    [[ -x $out ]] && return 0
+    local start=$SECONDS
+    mkdir -p "$(dirname "$out")"
+    log "building the OpenID provider into $out ..."
+    (cd "$TOOLS_DIR/oidc-provider" && go build -trimpath -ldflags "-s -w" -o "$out.tmp" .) || die "building oidc-provider failed"
+    mv "$out.tmp" "$out"
+    log "built oidc-provider in $((SECONDS - start))s"
+}
 
 # --- build ---------------------------------------------------------------------------
 
@@ -266,6 +288,9 @@ gen_certs() {
     sign_cert kube-controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
     sign_cert kube-scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
     sign_cert kwok "/O=system:masters/CN=kwok-controller" "extendedKeyUsage=clientAuth"
+    sign_cert oidc "/CN=oidc-provider" "subjectAltName=IP:127.0.0.1,DNS:localhost"
+    # The portals' client secret at the provider.
+    openssl rand -hex 24 >"$PKI/oidc-client-secret"
     # Service-account token signing pair (TokenRequest / `kubectl create token`).
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -352,6 +377,11 @@ write_env_file() {
 export KUBECONFIG=$ADMIN_KUBECONFIG
 export PATH=$(bin_dir):\$PATH
 export HYPERPAGE_E2E_AUDIT_LOG=$AUDIT_LOG
+export HYPERPAGE_E2E_OIDC_ISSUER=https://127.0.0.1:$(cat "$RUN_DIR/oidc-port")
+export HYPERPAGE_E2E_OIDC_CLIENT_ID=$OIDC_CLIENT_ID
+export HYPERPAGE_E2E_OIDC_CLIENT_SECRET_FILE=$PKI/oidc-client-secret
+export HYPERPAGE_E2E_OIDC_CA_FILE=$PKI/ca.crt
+export HYPERPAGE_E2E_OIDC_USERS=$E2E_DIR/oidc-users.json
 EOF
 }
 
@@ -406,14 +436,17 @@ up() {
     fi
 
     build
+    build_oidc
     local bin; bin=$(bin_dir)
     mkdir -p "$PIDS" "$LOGS"
     mkdir -m 700 "$RUN_DIR/etcd" # etcd warns about anything looser
     gen_certs
 
-    local etcd_port etcd_peer api_port kcm_port sched_port
-    read -r etcd_port etcd_peer api_port kcm_port sched_port <<<"$(free_ports 5)"
+    local etcd_port etcd_peer api_port kcm_port sched_port oidc_port
+    read -r etcd_port etcd_peer api_port kcm_port sched_port oidc_port <<<"$(free_ports 6)"
     echo "$api_port" >"$RUN_DIR/apiserver-port"
+    echo "$oidc_port" >"$RUN_DIR/oidc-port"
+    local issuer=https://127.0.0.1:$oidc_port
     local server=https://127.0.0.1:$api_port c
     write_kubeconfig "$ADMIN_KUBECONFIG" admin "$server"
     for c in kube-controller-manager kube-scheduler kwok; do
@@ -427,6 +460,12 @@ up() {
         --initial-cluster="e2e=http://127.0.0.1:$etcd_peer" --initial-cluster-state=new \
         --unsafe-no-fsync=true --quota-backend-bytes=2147483648 --log-level=warn
     wait_for etcd 30 "etcd health" curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health"
+
+    start oidc-provider "$(oidc_bin)" -listen="127.0.0.1:$oidc_port" -issuer="$issuer" \
+        -users="$E2E_DIR/oidc-users.json" -client-id="$OIDC_CLIENT_ID" \
+        -client-secret-file="$PKI/oidc-client-secret" -cert="$PKI/oidc.crt" -key="$PKI/oidc.key"
+    wait_for oidc-provider 30 "the OpenID provider's discovery document" \
+        curl -fsS --max-time 2 --cacert "$PKI/ca.crt" "$issuer/.well-known/openid-configuration"
 
     # The requestheader CA only exists so the delegated-auth CA watchers in the controller
     # manager and scheduler stop logging errors; no cert with the allowed name is issued.
@@ -448,6 +487,9 @@ up() {
         --allow-privileged=true \
         --audit-policy-file="$E2E_DIR/audit-policy.yaml" --audit-log-path="$AUDIT_LOG" \
         --audit-log-format=json --audit-log-mode=blocking \
+        --oidc-issuer-url="$issuer" --oidc-client-id="$OIDC_CLIENT_ID" --oidc-ca-file="$PKI/ca.crt" \
+        --oidc-username-claim=email --oidc-username-prefix=oidc: \
+        --oidc-groups-claim=groups --oidc-groups-prefix=oidc: \
         --endpoint-reconciler-type=none --profiling=false
     wait_for kube-apiserver 90 "kube-apiserver /readyz" readyz
 
@@ -520,7 +562,7 @@ lock_cluster() {
 
 main() {
     case "${1:-}" in
-        build) local t=$SECONDS; build; log "binaries ready in $(bin_dir) ($((SECONDS - t))s)" ;;
+        build) local t=$SECONDS; build; build_oidc; log "binaries ready in $(bin_dir) ($((SECONDS - t))s)" ;;
         up) lock_cluster; up ;;
         down) lock_cluster; down ;;
         env)

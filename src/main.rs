@@ -25,7 +25,7 @@ enum Command {
     /// Run the controller (leader-elected; run two or more replicas).
     Operator(Box<OperatorArgs>),
     /// Run one Workspace's portal (started by the operator in the Workspace's namespace).
-    Portal(PortalArgs),
+    Portal(Box<PortalArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crd {
         /// Write one file per CRD into this directory instead of printing.
@@ -71,6 +71,24 @@ struct OperatorArgs {
     /// How often the leader renews and a standby retries.
     #[arg(long, env = "HYPERPAGE_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
     retry_period: Duration,
+
+    /// The ClusterRoleBinding (created by the chart, granting `create` on tokenreviews) whose
+    /// subjects the operator keeps equal to the portals' ServiceAccounts. Empty: left alone.
+    #[arg(long, env = "HYPERPAGE_PORTAL_TOKEN_REVIEW_BINDING", default_value = "")]
+    portal_token_review_binding: String,
+
+    /// OpenID Connect issuer every portal signs browsers in with (the one the API server
+    /// trusts, so that the portal sees users as kubectl does). Unset: bearer tokens only.
+    #[arg(long, env = "HYPERPAGE_PORTAL_OIDC_ISSUER_URL", requires = "portal_oidc_client_id")]
+    portal_oidc_issuer_url: Option<String>,
+
+    /// The portals' client ID at that issuer (an audience the API server accepts).
+    #[arg(long, env = "HYPERPAGE_PORTAL_OIDC_CLIENT_ID")]
+    portal_oidc_client_id: Option<String>,
+
+    /// File holding the client secret (copied into each Workspace's session Secret).
+    #[arg(long, env = "HYPERPAGE_PORTAL_OIDC_CLIENT_SECRET_FILE")]
+    portal_oidc_client_secret_file: Option<std::path::PathBuf>,
 
     /// Image the portal Deployments run when a Workspace names none.
     #[arg(long, env = "HYPERPAGE_PORTAL_IMAGE", default_value = concat!("ghcr.io/hyperpage-dev/hyperpage:", env!("CARGO_PKG_VERSION")))]
@@ -229,9 +247,44 @@ struct PortalArgs {
     #[arg(long, env = "HYPERPAGE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
 
+    /// Address to serve /metrics on (and the probes again); keep it away from users.
+    #[arg(long, env = "HYPERPAGE_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: SocketAddr,
+
     /// Serve only the JSON API and probes (sidecar mode, beside a portal image of your own).
     #[arg(long, env = "HYPERPAGE_API_ONLY")]
     api_only: bool,
+
+    /// Who may see the portal: `kubernetes` (whoever the cluster's RBAC allows to get the
+    /// Workspace, signed in with a bearer token) or `public` (anyone who can reach it).
+    #[arg(long, env = "HYPERPAGE_ACCESS_MODE", default_value = "kubernetes")]
+    access_mode: hyperpage::portal::auth::AccessMode,
+
+    /// OpenID Connect issuer for browser sign-in (the one the API server trusts); without
+    /// it, only bearer tokens sign in.
+    #[arg(long, env = "HYPERPAGE_OIDC_ISSUER_URL", requires_all = ["oidc_client_id", "session_key_file"])]
+    oidc_issuer_url: Option<String>,
+
+    /// The portals' client ID at the issuer (an audience the API server accepts).
+    #[arg(long, env = "HYPERPAGE_OIDC_CLIENT_ID")]
+    oidc_client_id: Option<String>,
+
+    /// File holding the client secret; without it the portal is a public client (PKCE only).
+    #[arg(long, env = "HYPERPAGE_OIDC_CLIENT_SECRET_FILE")]
+    oidc_client_secret_file: Option<std::path::PathBuf>,
+
+    /// CA certificate (PEM) of the issuer, when it is not publicly trusted.
+    #[arg(long, env = "HYPERPAGE_OIDC_CA_FILE")]
+    oidc_ca_file: Option<std::path::PathBuf>,
+
+    /// The portal's address as browsers reach it (https://<ingress host>/); the redirect URI
+    /// is <external-url>/auth/callback. Unset: only loopback hosts (a port-forward).
+    #[arg(long, env = "HYPERPAGE_EXTERNAL_URL")]
+    external_url: Option<url::Url>,
+
+    /// File holding the session key (64 bytes; the operator's per-Workspace Secret).
+    #[arg(long, env = "HYPERPAGE_SESSION_KEY_FILE")]
+    session_key_file: Option<std::path::PathBuf>,
 }
 
 fn parse_proxy(value: &str) -> Result<url::Url, String> {
@@ -297,18 +350,38 @@ async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Erro
     };
     let policy = args.policy.into_policy(&args.portal_image)?;
     let watch_namespaces: Vec<String> = args.watch_namespaces.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect();
+    let portal_oidc = match (args.portal_oidc_issuer_url, args.portal_oidc_client_id) {
+        (Some(issuer_url), Some(client_id)) => {
+            let client_secret = match &args.portal_oidc_client_secret_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| format!("failed to read --portal-oidc-client-secret-file {}: {e}", path.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            Some(hyperpage::operator::portal_access::PortalOidc { issuer_url, client_id, client_secret })
+        }
+        _ => None,
+    };
     tracing::info!(
         version = hyperpage::VERSION,
         leader_elect = lease.is_some(),
         polling = engine.is_some(),
         ?watch_namespaces,
         ?policy,
+        portal_sign_in = portal_oidc.is_some(),
         "starting hyperpage operator"
     );
     let config = OperatorConfig {
         admin_address: args.admin_address,
         lease,
-        build: BuildConfig { portal_image: args.portal_image, policy },
+        build: BuildConfig {
+            portal_access: hyperpage::operator::portal_access::PortalAccess::new(Some(args.portal_token_review_binding), portal_oidc),
+            portal_image: args.portal_image,
+            policy,
+        },
         resync: args.resync,
         concurrency: args.concurrency.max(1),
         engine,
@@ -319,7 +392,25 @@ async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Erro
 
 async fn run_portal(args: PortalArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let client = client(format!("hyperpage-portal/{}", hyperpage::VERSION)).await?;
-    let config = PortalConfig { namespace: args.namespace, workspace: args.workspace, listen: args.listen, api_only: args.api_only };
+    let config = PortalConfig {
+        namespace: args.namespace,
+        workspace: args.workspace,
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        api_only: args.api_only,
+        access_mode: args.access_mode,
+        oidc: match (args.oidc_issuer_url, args.oidc_client_id, args.session_key_file) {
+            (Some(issuer_url), Some(client_id), Some(session_key_file)) => Some(hyperpage::portal::oidc::OidcConfig {
+                issuer_url,
+                client_id,
+                client_secret_file: args.oidc_client_secret_file,
+                ca_file: args.oidc_ca_file,
+                external_url: args.external_url,
+                session_key_file,
+            }),
+            _ => None,
+        },
+    };
     hyperpage::portal::run(client, config).await
 }
 
@@ -341,7 +432,7 @@ fn main() -> ExitCode {
         }),
         Command::Portal(args) => runtime().and_then(|rt| {
             hyperpage::telemetry::init();
-            rt.block_on(run_portal(args))
+            rt.block_on(run_portal(*args))
         }),
     };
     match result {

@@ -4,62 +4,25 @@
 //
 //   PORTAL_URL=http://127.0.0.1:PORT NAMESPACE=ns WORKSPACE=payments ARTIFACTS=artifacts/browser \
 //     node e2e/browser/portal.test.mjs
-import { chromium } from 'playwright-core';
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { TIMEOUT, check, kubectl, launch, need } from './lib.mjs';
 
 const url = need('PORTAL_URL');
 const ns = need('NAMESPACE');
 const ws = need('WORKSPACE');
 const artifacts = process.env.ARTIFACTS || 'artifacts/browser';
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
-const TIMEOUT = 10_000;
-
-function need(name) {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set`);
-  return value;
-}
-
-function kubectl(...args) {
-  return execFileSync('kubectl', args, { encoding: 'utf8' });
-}
 
 function patchStatus(kind, name, status) {
   kubectl('patch', kind, name, '-n', ns, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status }));
-}
-
-function check(condition, message) {
-  if (!condition) throw new Error(`check failed: ${message}`);
-  console.log(`ok - ${message}`);
 }
 
 const now = () => new Date().toISOString().replace(/\.\d+Z$/, 'Z');
 const cond = (type, status, reason, message = '') => ({ type, status, reason, message, lastTransitionTime: now() });
 
 mkdirSync(artifacts, { recursive: true });
-const profile = mkdtempSync(join(tmpdir(), 'hyperpage-chromium-'));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath,
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  viewport: { width: 1280, height: 900 },
-  colorScheme: 'light',
-});
-const problems = [];
+const { page, problems, close } = await launch({ colorScheme: 'light' });
 try {
-  const page = context.pages()[0] || (await context.newPage());
-  // Loopback only: anything else (a link prefetch, a font) would be a bug and must not leave.
-  await page.route('**/*', (route) => {
-    const host = new URL(route.request().url()).hostname;
-    return host === '127.0.0.1' || host === 'localhost' ? route.continue() : route.abort();
-  });
-  page.on('console', (msg) => { if (msg.type() === 'error') problems.push(`console: ${msg.text()}`); });
-  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
-
   const response = await page.goto(url, { waitUntil: 'load' });
   const csp = response.headers()['content-security-policy'] || '';
   check(csp.includes("script-src 'self'") && !csp.includes('unsafe-inline'), `strict CSP: ${csp}`);
@@ -128,6 +91,5 @@ try {
   check(problems.length === 0, `no console errors or CSP violations${problems.length ? `: ${problems.join('; ')}` : ''}`);
   console.log(`screenshots in ${artifacts}/`);
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }

@@ -44,13 +44,16 @@ pub struct BuildConfig {
     pub portal_image: String,
     /// The platform's admin policy.
     pub policy: Policy,
+    /// How portals check who may see them.
+    pub portal_access: super::portal_access::PortalAccess,
 }
 
 impl BuildConfig {
-    /// The default-deny policy for `portal_image` (see [`Policy::restrictive`]).
+    /// The default-deny policy for `portal_image` (see [`Policy::restrictive`]), portals
+    /// signing in with bearer tokens only.
     pub fn new(portal_image: impl Into<String>) -> Self {
         let portal_image = portal_image.into();
-        Self { policy: Policy::restrictive(&portal_image), portal_image }
+        Self { policy: Policy::restrictive(&portal_image), portal_image, portal_access: Default::default() }
     }
 }
 
@@ -176,12 +179,15 @@ fn service_account(ws: &Workspace) -> ServiceAccount {
 fn role(ws: &Workspace) -> Role {
     Role {
         metadata: metadata(ws),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![crate::api::GROUP.into()]),
-            resources: Some(vec!["workspaces".into(), "toolbindings".into()]),
-            verbs: vec!["get".into(), "list".into(), "watch".into()],
-            ..Default::default()
-        }]),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![crate::api::GROUP.into()]),
+                resources: Some(vec!["workspaces".into(), "toolbindings".into()]),
+                verbs: vec!["get".into(), "list".into(), "watch".into()],
+                ..Default::default()
+            },
+            super::portal_access::access_review_rule(),
+        ]),
     }
 }
 
@@ -251,24 +257,32 @@ fn hyperpage_container(ws: &Workspace, portal: &PortalSpec, config: &BuildConfig
         name: name.into(),
         image: Some(image),
         args: Some(args),
-        env: Some(vec![
-            EnvVar {
-                name: "HYPERPAGE_NAMESPACE".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector { field_path: "metadata.namespace".into(), ..Default::default() }),
+        env: Some(
+            vec![
+                EnvVar {
+                    name: "HYPERPAGE_NAMESPACE".into(),
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector { field_path: "metadata.namespace".into(), ..Default::default() }),
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            },
-            EnvVar { name: "HYPERPAGE_WORKSPACE".into(), value: Some(ws.name_any()), ..Default::default() },
-            // The effective mode, never the spec's wish: a refused `public` runs with sign-in.
-            EnvVar {
-                name: ACCESS_MODE_ENV.into(),
-                value: Some(policy::effective_access_mode(ws, &config.policy).as_str().into()),
-                ..Default::default()
-            },
-        ]),
-        ports: Some(vec![port(port_name, PORTAL_PORT)]),
+                },
+                EnvVar { name: "HYPERPAGE_WORKSPACE".into(), value: Some(ws.name_any()), ..Default::default() },
+                // The effective mode, never the spec's wish: a refused `public` runs with sign-in.
+                EnvVar {
+                    name: ACCESS_MODE_ENV.into(),
+                    value: Some(policy::effective_access_mode(ws, &config.policy).as_str().into()),
+                    ..Default::default()
+                },
+            ]
+            .into_iter()
+            .chain(if api_only { Vec::new() } else { super::portal_access::portal_env(ws, &config.portal_access) })
+            .collect(),
+        ),
+        volume_mounts: (!api_only)
+            .then(|| super::portal_access::session_volume(ws, &config.portal_access).map(|(_, mount)| vec![mount]))
+            .flatten(),
+        ports: Some(vec![port(port_name, PORTAL_PORT), super::portal_access::metrics_port()]),
         liveness_probe: Some(http_probe("/healthz", port_name, 10)),
         readiness_probe: Some(http_probe("/readyz", port_name, 5)),
         resources: Some(resources),
@@ -308,6 +322,11 @@ fn deployment(ws: &Workspace, config: &BuildConfig) -> Deployment {
             ]
         }
     };
+    if let Some((volume, _)) = super::portal_access::session_volume(ws, &config.portal_access)
+        && portal.sidecar.is_none()
+    {
+        volumes.get_or_insert_with(Vec::new).push(volume);
+    }
     let topology_spread_constraints = (replicas > 1).then(|| {
         vec![TopologySpreadConstraint {
             max_skew: 1,

@@ -5,6 +5,7 @@ pub mod context;
 pub mod diff;
 pub mod error;
 pub mod policy;
+pub mod portal_access;
 pub mod scope;
 pub mod toolbinding;
 pub mod workspace;

@@ -117,12 +117,14 @@ async fn reconcile_inner(ws: &Workspace, ctx: &Context) -> Result<Action, Error>
     let desired = children::build(ws, &ctx.build);
     refusals.conflicts = conflicts(ctx, ws, &desired, &refusals).await?;
     if refusals.conflicts.is_empty() {
+        super::portal_access::ensure_session_secret(ctx, CONTROLLER, ws, desired.service_account.metadata.clone()).await?;
         apply_children(ctx, ws, &desired, &refusals).await?;
     } else {
         tracing::warn!(workspace = %object_key(ws), conflicts = ?refusals.conflicts, "objects in the way are not the workspace's; applying nothing");
     }
     let status = compute_status(ws, observed.deployment.as_deref(), &observed.bindings, &refusals, &now);
     write_status(ws, ctx, status).await?;
+    super::portal_access::ensure_token_reviewers(ctx, CONTROLLER).await?;
     Ok(Action::requeue(if refusals.conflicts.is_empty() { ctx.resync } else { ctx.resync.min(CONFLICT_RECHECK) }))
 }
 

@@ -10,15 +10,28 @@
 //!   that fragment on every change (and every 30 s, so relative times and stale marks stay
 //!   true)
 //! - `/api/v1/workspace`, `/api/v1/toolbindings`, `/api/v1/openapi.json`
-//! - `/healthz`, `/readyz` (the Workspace and the bindings are in the cache), `/metrics`
+//! - `/healthz`, `/readyz` (the Workspace and the bindings are in the cache), open to
+//!   everyone, like `/assets/*`
+//! - `/metrics` on a port of its own (`--metrics-listen`), so that it can be kept from users
+//!
+//! - `/auth/sign-in`, `/auth/callback`, `/auth/sign-out`, `/auth/signed-out`: the OpenID
+//!   Connect sign-in, when an issuer is configured (see [`oidc`])
+//!
+//! In the `kubernetes` access mode (the default) every other route answers only people the
+//! cluster's RBAC allows to `get` this Workspace (see [`auth`]), signed in with a bearer token
+//! or a browser session ([`session`]).
 
+pub mod auth;
+pub mod oidc;
 mod page;
+pub mod session;
 
 pub use page::{CONTENT_SECURITY_POLICY, Mark, Tiles, escape, marks, render, render_dashboard, tiles};
 
 use crate::api::{ToolBinding, Workspace};
-use axum::extract::State;
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::{Router, routing::get};
@@ -43,7 +56,21 @@ pub struct PortalConfig {
     pub namespace: String,
     pub workspace: String,
     pub listen: SocketAddr,
+    /// Where `/metrics` is served (and `/healthz`, `/readyz` again, for the kubelet).
+    pub metrics_listen: SocketAddr,
     pub api_only: bool,
+    pub access_mode: auth::AccessMode,
+    /// Browser sign-in (kubernetes mode only).
+    pub oidc: Option<oidc::OidcConfig>,
+}
+
+/// How requests are let in.
+#[derive(Clone)]
+pub enum Access {
+    /// Everyone (`--access-mode public`).
+    Public,
+    /// Whoever RBAC allows to `get` the Workspace.
+    Kubernetes(Arc<auth::Gate>),
 }
 
 type Labels = Vec<(String, String)>;
@@ -66,6 +93,8 @@ pub struct PortalMetrics {
     pub watch_errors: Family<Labels, Counter>,
     /// Browsers currently connected to `/events`.
     pub live_clients: Gauge,
+    /// Access decisions in `kubernetes` mode, by outcome.
+    pub access: Family<Labels, Counter>,
     registry: Arc<Registry>,
 }
 
@@ -78,6 +107,7 @@ impl PortalMetrics {
             relists: Family::default(),
             watch_errors: Family::default(),
             live_clients: Gauge::default(),
+            access: Family::default(),
             registry: Arc::new(Registry::default()),
         };
         registry.register("requests", "HTTP requests served, by route", metrics.requests.clone());
@@ -85,6 +115,7 @@ impl PortalMetrics {
         registry.register("relists", "LIST requests made by the watchers (start and re-lists), by kind", metrics.relists.clone());
         registry.register("watch_errors", "Watch failures, retried with backoff, by kind", metrics.watch_errors.clone());
         registry.register("live_clients", "Browsers connected to /events", metrics.live_clients.clone());
+        registry.register("access", "Access decisions (allowed, unauthenticated, forbidden, unavailable)", metrics.access.clone());
         let info = Family::<Labels, Gauge>::default();
         info.get_or_create(&label("version", crate::VERSION)).set(1);
         registry.register("build_info", "The running version", info);
@@ -101,13 +132,18 @@ pub struct PortalState {
     pub workspaces: Store<Workspace>,
     pub bindings: Store<ToolBinding>,
     pub metrics: PortalMetrics,
+    pub access: Access,
+    /// Browser sign-in, when configured.
+    pub oidc: Option<Arc<oidc::Oidc>>,
     changes: Arc<watch::Sender<u64>>,
     bindings_synced: Arc<AtomicBool>,
 }
 
 impl PortalState {
-    pub fn new(namespace: String, workspace: String, workspaces: Store<Workspace>, bindings: Store<ToolBinding>) -> Self {
+    pub fn new(namespace: String, workspace: String, workspaces: Store<Workspace>, bindings: Store<ToolBinding>, access: Access) -> Self {
         Self {
+            access,
+            oidc: None,
             namespace,
             workspace,
             workspaces,
@@ -142,23 +178,291 @@ impl PortalState {
 }
 
 pub fn router(state: PortalState, api_only: bool) -> Router {
-    let mut app = Router::new()
+    let mut private = Router::new()
         .route("/api/v1/workspace", get(api_workspace))
         .route("/api/v1/toolbindings", get(api_bindings))
-        .route("/api/v1/openapi.json", get(api_openapi))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/api/v1/openapi.json", get(api_openapi));
+    let mut open = probes();
     if !api_only {
-        app = app
-            .route("/", get(index))
-            .route("/fragment", get(fragment))
-            .route("/events", get(events))
+        private = private.route("/", get(index)).route("/fragment", get(fragment)).route("/events", get(events));
+        if state.oidc.is_some() {
+            open = open
+                .route("/auth/sign-in", get(sign_in))
+                .route("/auth/callback", get(callback))
+                .route("/auth/sign-out", axum::routing::post(sign_out))
+                .route("/auth/signed-out", get(signed_out));
+        }
+        open = open
             .route("/assets/portal.js", get(|| async { asset("text/javascript; charset=utf-8", page::SCRIPT) }))
             .route("/assets/portal.css", get(|| async { asset("text/css; charset=utf-8", page::STYLE) }))
             .route("/assets/favicon.svg", get(|| async { asset("image/svg+xml", page::FAVICON) }));
     }
-    app.with_state(state).layer(axum::middleware::map_response(security_headers))
+    let private = private.route_layer(axum::middleware::from_fn_with_state(state.clone(), require_access));
+    private.merge(open).with_state(state).layer(axum::middleware::map_response(security_headers))
+}
+
+fn probes() -> Router<PortalState> {
+    Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz))
+}
+
+/// The metrics port: `/metrics` and the probes, no tenant data.
+pub fn metrics_router(state: PortalState) -> Router {
+    probes().route("/metrics", get(metrics)).with_state(state)
+}
+
+/// How the visitor of a request signed in, for the page's footer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SignedInWith {
+    Bearer,
+    Session,
+}
+
+fn host(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(header::HOST).and_then(|v| v.to_str().ok())
+}
+
+fn cookie_headers(headers: &axum::http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok())
+}
+
+/// Lets a request through only with an identity that RBAC allows to see this Workspace.
+async fn require_access(State(state): State<PortalState>, mut request: Request, next: Next) -> Response {
+    let Access::Kubernetes(gate) = &state.access else {
+        return next.run(request).await;
+    };
+    let headers = request.headers();
+    let mut credential = auth::bearer(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+    let mut with = SignedInWith::Bearer;
+    // A session that does not open (tampered with, or sealed with a rotated key) is cleared.
+    let mut clear_session = false;
+    if credential.is_none()
+        && let Some(oidc) = &state.oidc
+    {
+        match oidc.session(cookie_headers(headers)) {
+            session::Opened::Valid(s) => {
+                credential = Some(auth::Credential::Bearer(s.id_token));
+                with = SignedInWith::Session;
+            }
+            session::Opened::Invalid => clear_session = true,
+            session::Opened::Missing => {}
+        }
+    }
+    let verdict = gate.check(credential).await;
+    let outcome = match &verdict {
+        auth::Verdict::Allowed(_) => "allowed",
+        auth::Verdict::Unauthenticated(_) => "unauthenticated",
+        auth::Verdict::Forbidden { .. } => "forbidden",
+        auth::Verdict::Unavailable => "unavailable",
+    };
+    state.metrics.access.get_or_create(&label("outcome", outcome)).inc();
+    if matches!(verdict, auth::Verdict::Unauthenticated(_)) && with == SignedInWith::Session {
+        clear_session = true; // the ID token expired or the API server no longer accepts it
+    }
+    let mut response = match verdict {
+        auth::Verdict::Allowed(identity) => {
+            request.extensions_mut().insert(identity);
+            request.extensions_mut().insert(with);
+            next.run(request).await
+        }
+        // A person opening the page is sent to sign in, and brought back afterwards.
+        auth::Verdict::Unauthenticated(_) if state.oidc.is_some() && request.uri().path() == "/" && !wants_json(&request) => {
+            let back = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let mut url = url::Url::parse("http://portal/auth/sign-in").expect("a valid URL");
+            url.query_pairs_mut().append_pair("return", back);
+            redirect(&format!("{}?{}", url.path(), url.query().unwrap_or_default()))
+        }
+        refused => refusal(&refused, wants_json(&request), with == SignedInWith::Session),
+    };
+    if clear_session {
+        append_cookie(&mut response, session::clear(session::SESSION_COOKIE));
+    }
+    response
+}
+
+/// A `303 See Other` to a path on this portal (or the provider).
+fn redirect(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(value) => (StatusCode::SEE_OTHER, [(header::LOCATION, value)]).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn append_cookie(response: &mut Response, set_cookie: String) {
+    if let Ok(value) = HeaderValue::from_str(&set_cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// A page saying what went wrong with a sign-in (never a secret or a token).
+fn sign_in_problem(status: StatusCode, message: &str) -> Response {
+    let body = format!("<p>{}</p><p><a href=\"/\">Start again</a></p>", page::escape(message));
+    (status, Html(page::notice("Sign-in failed", &body))).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct SignInQuery {
+    #[serde(rename = "return")]
+    return_to: Option<String>,
+}
+
+/// Starts a sign-in: remembers state, nonce and PKCE verifier in the login cookie and sends
+/// the browser to the provider.
+async fn sign_in(State(state): State<PortalState>, Query(query): Query<SignInQuery>, headers: axum::http::HeaderMap) -> Response {
+    let Some(oidc) = &state.oidc else { return StatusCode::NOT_FOUND.into_response() };
+    state.count("sign_in");
+    let login = oidc::Login::start(query.return_to.as_deref().unwrap_or("/"));
+    let started = async {
+        let redirect = oidc::redirect_uri(oidc.config.external_url.as_ref(), host(&headers))?;
+        let discovery = oidc.discovery().await?;
+        let url = oidc::authorization_url(discovery, &oidc.config, &login, &redirect)?;
+        let key = oidc.key()?;
+        let cookie = session::seal(&key, session::LOGIN_COOKIE, &login, session::LOGIN_LIFETIME)
+            .map_err(|e| oidc::OidcError::Config(format!("failed to seal the login cookie: {e}")))?;
+        Ok::<_, oidc::OidcError>((url, cookie))
+    };
+    match started.await {
+        Ok((url, cookie)) => {
+            let mut response = redirect(url.as_str());
+            append_cookie(&mut response, cookie);
+            response
+        }
+        Err(error) => {
+            tracing::warn!(%error, "sign-in could not start");
+            sign_in_problem(StatusCode::BAD_GATEWAY, &error.public_message())
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// The provider sends the browser back here: check state, exchange the code, check the
+/// nonce, let the API server say whose ID token it is, and start the session.
+async fn callback(State(state): State<PortalState>, Query(query): Query<CallbackQuery>, headers: axum::http::HeaderMap) -> Response {
+    let (Some(oidc), Access::Kubernetes(gate)) = (&state.oidc, &state.access) else { return StatusCode::NOT_FOUND.into_response() };
+    state.count("callback");
+    let finished = async {
+        let key = oidc.key()?;
+        let login: oidc::Login = match session::open(&key, session::LOGIN_COOKIE, cookie_headers(&headers)) {
+            session::Opened::Valid(login) => login,
+            _ => return Err(oidc::OidcError::Callback("this sign-in expired or was started in another browser")),
+        };
+        if let Some(error) = &query.error {
+            tracing::info!(error = %error, "the provider refused the sign-in");
+            return Err(oidc::OidcError::Callback("the provider did not sign you in"));
+        }
+        oidc::check_state(&login, query.state.as_deref())?;
+        let code = query.code.as_deref().ok_or(oidc::OidcError::Callback("the provider sent no authorization code"))?;
+        let redirect = oidc::redirect_uri(oidc.config.external_url.as_ref(), host(&headers))?;
+        let id_token = oidc.exchange(code, &login, &redirect).await?;
+        oidc::check_nonce(&id_token, &login)?;
+        match gate.authenticate(&id_token).await {
+            Ok(Ok(identity)) => tracing::info!(user = %identity, "signed in"),
+            Ok(Err(_)) => {
+                return Err(oidc::OidcError::Callback(
+                    "the cluster did not accept the ID token (is the API server configured for this issuer and client ID?)",
+                ));
+            }
+            Err(error) => return Err(oidc::OidcError::Review(error.to_string())),
+        }
+        let lifetime = oidc::session_lifetime(&id_token, jiff::Timestamp::now());
+        if lifetime.is_zero() {
+            return Err(oidc::OidcError::Callback("the ID token has already expired"));
+        }
+        let cookie = session::seal(&key, session::SESSION_COOKIE, &oidc::Session { id_token }, lifetime)
+            .map_err(|e| oidc::OidcError::Config(format!("failed to seal the session: {e}")))?;
+        Ok::<_, oidc::OidcError>((login.return_to, cookie))
+    };
+    let mut response = match finished.await {
+        Ok((back, cookie)) => {
+            let mut response = redirect(&back);
+            append_cookie(&mut response, cookie);
+            response
+        }
+        Err(error) => {
+            tracing::warn!(%error, "sign-in failed");
+            sign_in_problem(StatusCode::UNAUTHORIZED, &error.public_message())
+        }
+    };
+    append_cookie(&mut response, session::clear(session::LOGIN_COOKIE));
+    response
+}
+
+/// Ends the browser session (the provider's own session, if it keeps one, is its business).
+async fn sign_out(State(state): State<PortalState>) -> Response {
+    state.count("sign_out");
+    let mut response = redirect("/auth/signed-out");
+    append_cookie(&mut response, session::clear(session::SESSION_COOKIE));
+    response
+}
+
+async fn signed_out() -> Response {
+    Html(page::notice("Signed out", "<p>You are signed out of this portal.</p><p><a href=\"/\">Sign in again</a></p>")).into_response()
+}
+
+/// API clients get JSON, browsers a page.
+fn wants_json(request: &Request) -> bool {
+    let accept = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    request.uri().path().starts_with("/api/") || (accept.contains("application/json") && !accept.contains("text/html"))
+}
+
+/// The answer to a request that is not let in: who the caller is and what is missing (with a
+/// way to sign in as someone else for a browser session).
+fn refusal(verdict: &auth::Verdict, json: bool, session: bool) -> Response {
+    let (status, error, identity, permission) = match verdict {
+        auth::Verdict::Allowed(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        auth::Verdict::Unauthenticated(auth::Unauthenticated::NoCredential) => {
+            (StatusCode::UNAUTHORIZED, "sign-in required: send a bearer token the cluster accepts", None, None)
+        }
+        auth::Verdict::Unauthenticated(auth::Unauthenticated::Rejected) => {
+            (StatusCode::UNAUTHORIZED, "the cluster did not accept this token (expired, revoked or unknown)", None, None)
+        }
+        auth::Verdict::Forbidden { identity, permission } => (StatusCode::FORBIDDEN, "forbidden", Some(identity), Some(permission)),
+        auth::Verdict::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "failed to ask the API server; try again", None, None),
+    };
+    let mut response = if json {
+        let mut body = serde_json::json!({ "error": error });
+        if let (Some(identity), Some(permission)) = (identity, permission) {
+            body["user"] = serde_json::json!(identity.username);
+            body["groups"] = serde_json::json!(identity.groups);
+            body["missingPermission"] = serde_json::json!(permission.to_string());
+        }
+        (status, Json(body)).into_response()
+    } else {
+        let body = match (identity, permission) {
+            (Some(identity), Some(permission)) => {
+                format!(
+                    "<p>You are signed in as <b data-user>{}</b>{}.</p><p>Seeing this portal needs the permission <code data-missing>{}</code>, which you do not have.</p><p>A namespace admin can grant it: <code>kubectl create rolebinding portal-viewers -n {} --clusterrole=hyperpage-workspace-viewer --user={}</code> (or <code>--group=…</code>).</p>",
+                    page::escape(&identity.username),
+                    if identity.groups.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (groups: {})", page::escape(&identity.groups.join(", ")))
+                    },
+                    page::escape(&permission.to_string()),
+                    page::escape(&permission.namespace),
+                    page::escape(&identity.username),
+                ) + if session { page::SIGN_OUT_FORM } else { "" }
+            }
+            _ => format!("<p>{}</p>", page::escape(error)),
+        };
+        let title = if status == StatusCode::FORBIDDEN {
+            "Access denied"
+        } else if status == StatusCode::UNAUTHORIZED {
+            "Sign-in required"
+        } else {
+            "Try again"
+        };
+        (status, Html(page::notice(title, &body))).into_response()
+    };
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"hyperpage\""));
+    }
+    response
 }
 
 /// Every response: the strict CSP and friends; nothing is cached unless the route says so.
@@ -258,10 +562,18 @@ async fn metrics(State(state): State<PortalState>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }
 
-async fn index(State(state): State<PortalState>) -> Response {
+async fn index(
+    State(state): State<PortalState>,
+    identity: Option<axum::Extension<auth::Identity>>,
+    with: Option<axum::Extension<SignedInWith>>,
+) -> Response {
     state.count("page");
-    Html(page::render(state.workspace().as_deref(), &state.workspace, &state.namespace, &state.bindings(), jiff::Timestamp::now()))
-        .into_response()
+    let account = match (identity, with) {
+        (Some(identity), Some(with)) => page::account(&identity.username, with.0 == SignedInWith::Session),
+        _ => String::new(),
+    };
+    let now = jiff::Timestamp::now();
+    Html(page::render(state.workspace().as_deref(), &state.workspace, &state.namespace, &state.bindings(), now, &account)).into_response()
 }
 
 async fn fragment(State(state): State<PortalState>) -> Response {
@@ -350,8 +662,18 @@ pub async fn run(client: Client, config: PortalConfig) -> Result<(), Box<dyn std
     let (workspaces, ws_writer) = reflector::store();
     let (bindings, tb_writer) = reflector::store();
     let ws_api: Api<Workspace> = Api::namespaced(client.clone(), &config.namespace);
-    let tb_api: Api<ToolBinding> = Api::namespaced(client, &config.namespace);
-    let state = PortalState::new(config.namespace.clone(), config.workspace.clone(), workspaces, bindings);
+    let tb_api: Api<ToolBinding> = Api::namespaced(client.clone(), &config.namespace);
+    let access = match config.access_mode {
+        auth::AccessMode::Public => Access::Public,
+        auth::AccessMode::Kubernetes => Access::Kubernetes(Arc::new(auth::Gate::new(
+            client.clone(),
+            auth::Permission { namespace: config.namespace.clone(), workspace: config.workspace.clone() },
+        ))),
+    };
+    let mut state = PortalState::new(config.namespace.clone(), config.workspace.clone(), workspaces, bindings, access);
+    if let (Some(oidc), Access::Kubernetes(_)) = (config.oidc.clone(), &state.access) {
+        state.oidc = Some(oidc::Oidc::new(oidc)?);
+    }
 
     let ws_state = state.clone();
     let ws_watch = watcher(ws_api, watcher::Config::default().fields(&format!("metadata.name={}", config.workspace)))
@@ -369,9 +691,11 @@ pub async fn run(client: Client, config: PortalConfig) -> Result<(), Box<dyn std
             std::future::ready(())
         });
 
+    let metrics_app = metrics_router(state.clone());
     let app = router(state, config.api_only);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(address = %config.listen, namespace = %config.namespace, workspace = %config.workspace, api_only = config.api_only, "portal listening");
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen).await?;
+    tracing::info!(address = %config.listen, metrics = %config.metrics_listen, namespace = %config.namespace, workspace = %config.workspace, api_only = config.api_only, access = %config.access_mode, "portal listening");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
@@ -384,6 +708,7 @@ pub async fn run(client: Client, config: PortalConfig) -> Result<(), Box<dyn std
     // answered from memory, so there is nothing to finish.
     tokio::select! {
         result = axum::serve(listener, app) => result?,
+        result = axum::serve(metrics_listener, metrics_app) => result?,
         _ = futures::future::join(ws_watch, tb_watch) => {}
         _ = shutdown => {}
     }

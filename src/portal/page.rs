@@ -19,7 +19,7 @@ use std::time::Duration;
 /// Same-origin script and style only; no inline script, no inline style, no third party.
 /// `require-trusted-types-for` makes the one `innerHTML` in portal.js go through a named
 /// policy, so no other sink can be fed a string.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; require-trusted-types-for 'script'; trusted-types hyperpage";
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; require-trusted-types-for 'script'; trusted-types hyperpage";
 
 /// A binding's data counts as stale after this many refresh intervals without a successful sync.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
@@ -427,12 +427,33 @@ pub fn render_dashboard(ws: Option<&Workspace>, name: &str, namespace: &str, bin
 }
 
 /// The whole page: a static shell around `render_dashboard`, plus the live-update script.
-pub fn render(ws: Option<&Workspace>, name: &str, namespace: &str, bindings: &[Arc<ToolBinding>], now: Timestamp) -> String {
+/// Who is signed in, for the footer (and a sign-out button for a browser session).
+pub fn account(username: &str, session: bool) -> String {
+    let sign_out = if session { SIGN_OUT_FORM } else { "" };
+    format!(" · <span data-account>Signed in as {}</span>{sign_out}", escape(username))
+}
+
+/// Sign-out is a POST (a link could be followed by a prefetch).
+pub const SIGN_OUT_FORM: &str =
+    "<form class=\"sign-out\" method=\"post\" action=\"/auth/sign-out\"><button type=\"submit\" data-sign-out>Sign out</button></form>";
+
+/// The whole page; `account` is trusted HTML from [`account`] (or empty).
+pub fn render(ws: Option<&Workspace>, name: &str, namespace: &str, bindings: &[Arc<ToolBinding>], now: Timestamp, account: &str) -> String {
     let title = ws.and_then(|w| w.spec.display_name.clone()).filter(|t| !t.is_empty()).unwrap_or_else(|| name.to_string());
     format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><meta name=\"color-scheme\" content=\"light dark\"><title>{} · Hyperpage</title><link rel=\"icon\" href=\"/assets/favicon.svg\" type=\"image/svg+xml\"><link rel=\"stylesheet\" href=\"/assets/portal.css\"><script src=\"/assets/portal.js\" defer></script></head><body><main id=\"dashboard\" aria-live=\"polite\">{}</main><footer><span id=\"live\" data-state=\"static\">Static page (updates need JavaScript)</span> · <a href=\"/api/v1/workspace\">JSON API</a></footer></body></html>",
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><meta name=\"color-scheme\" content=\"light dark\"><title>{} · Hyperpage</title><link rel=\"icon\" href=\"/assets/favicon.svg\" type=\"image/svg+xml\"><link rel=\"stylesheet\" href=\"/assets/portal.css\"><script src=\"/assets/portal.js\" defer></script></head><body><main id=\"dashboard\" aria-live=\"polite\">{}</main><footer><span id=\"live\" data-state=\"static\">Static page (updates need JavaScript)</span> · <a href=\"/api/v1/workspace\">JSON API</a>{account}</footer></body></html>",
         escape(&title),
         render_dashboard(ws, name, namespace, bindings, now),
+    )
+}
+
+/// A page that is not the dashboard (sign-in needed, access refused): `body` is trusted HTML
+/// built by the caller with [`escape`].
+pub fn notice(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><meta name=\"color-scheme\" content=\"light dark\"><title>{} · Hyperpage</title><link rel=\"icon\" href=\"/assets/favicon.svg\" type=\"image/svg+xml\"><link rel=\"stylesheet\" href=\"/assets/portal.css\"></head><body><main class=\"notice\" data-notice><h1>{}</h1>{body}</main></body></html>",
+        escape(title),
+        escape(title),
     )
 }
 
@@ -502,7 +523,8 @@ status:
 
     #[test]
     fn the_page_has_no_inline_script_or_style() {
-        let html = render(None, "payments", "team", &[binding(GITHUB)], now());
+        let html = render(None, "payments", "team", &[binding(GITHUB)], now(), &account("<alice>", true));
+        assert!(html.contains("<span data-account>Signed in as &lt;alice&gt;</span><form"), "{html}");
         assert!(html.contains("<script src=\"/assets/portal.js\" defer></script>"));
         assert_eq!(html.matches("<script").count(), 1, "only the same-origin script tag");
         assert!(!html.contains(" style=") && !html.contains("<style"), "CSP forbids inline style");

@@ -52,7 +52,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let (workspaces, ws) = reflector::store();
     let (bindings, tb) = reflector::store();
-    let state = PortalState::new("team".into(), "payments".into(), workspaces, bindings);
+    let state = PortalState::new("team".into(), "payments".into(), workspaces, bindings, Access::Public);
     Fixture { state, ws, tb }
 }
 
@@ -63,16 +63,25 @@ fn apply<K: Clone + kube::Resource<DynamicType = ()> + serde::de::DeserializeOwn
 }
 
 async fn serve(state: PortalState, api_only: bool) -> u16 {
+    serve_app(router(state, api_only)).await
+}
+
+async fn serve_app(app: Router) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, router(state, api_only)).await.unwrap() });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     port
 }
 
 /// (status line, headers, body) of a plain HTTP/1.0 GET.
 async fn get(port: u16, path: &str) -> (String, String, String) {
+    get_with(port, path, "").await
+}
+
+/// The same, with extra header lines (each ending in CRLF).
+async fn get_with(port: u16, path: &str, headers: &str) -> (String, String, String) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{headers}\r\n").as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
@@ -84,6 +93,7 @@ async fn get(port: u16, path: &str) -> (String, String, String) {
 async fn the_api_answers_from_the_cache_and_only_with_this_workspace() {
     let mut f = fixture();
     let port = serve(f.state.clone(), false).await;
+    let metrics_port = serve_app(metrics_router(f.state.clone())).await;
     let (status, _, body) = get(port, "/api/v1/workspace").await;
     assert!(status.contains("404"), "{status}");
     assert!(body.contains("workspace payments not found in namespace team"), "{body}");
@@ -110,8 +120,11 @@ async fn the_api_answers_from_the_cache_and_only_with_this_workspace() {
     let (status, _, _) = get(port, "/readyz").await;
     assert!(status.contains("200"));
 
-    let (_, _, metrics) = get(port, "/metrics").await;
+    assert!(get(port, "/metrics").await.0.contains("404"), "metrics are not on the public port");
+    let (_, _, metrics) = get(metrics_port, "/metrics").await;
     assert!(metrics.contains("hyperpage_portal_requests_total{route=\"api_workspace\"} 2"), "{metrics}");
+    assert!(get(metrics_port, "/readyz").await.0.contains("200"), "the probes answer on the metrics port too");
+    assert!(get(metrics_port, "/api/v1/workspace").await.0.contains("404"), "no tenant data on the metrics port");
     assert!(metrics.contains("hyperpage_portal_build_info{version="), "{metrics}");
 }
 
@@ -155,6 +168,7 @@ async fn events_send_the_dashboard_at_once_and_again_on_change() {
     let mut f = fixture();
     apply(&mut f.ws, WORKSPACE);
     let port = serve(f.state.clone(), false).await;
+    let metrics_port = serve_app(metrics_router(f.state.clone())).await;
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     stream.write_all(b"GET /events HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
     let mut seen = String::new();
@@ -165,7 +179,7 @@ async fn events_send_the_dashboard_at_once_and_again_on_change() {
     apply(&mut f.tb, BINDING);
     f.state.notify();
     read_until(&mut stream, &mut seen, "data-binding=\"github\"").await;
-    let (_, _, metrics) = get(port, "/metrics").await;
+    let (_, _, metrics) = get(metrics_port, "/metrics").await;
     assert!(metrics.contains("hyperpage_portal_live_clients 1"), "{metrics}");
 }
 
@@ -181,4 +195,101 @@ async fn api_only_mode_serves_no_page() {
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["components"]["schemas"]["ToolBinding"]["properties"]["status"]["properties"]["items"].is_object());
+}
+
+/// A scripted API server that answers TokenReviews and LocalSubjectAccessReviews: `alice`'s
+/// token is valid and she may see the Workspace, `bob`'s is valid and he may not; any other
+/// token is rejected. Returns the client and the paths it was asked.
+fn review_api() -> (Client, Arc<std::sync::Mutex<Vec<String>>>) {
+    use http_body_util::BodyExt;
+    let (service, mut handle) = tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = asked.clone();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let body: serde_json::Value = serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
+            let path = parts.uri.path().to_string();
+            log.lock().unwrap().push(path.clone());
+            let mut answer = body.clone();
+            if path.ends_with("/tokenreviews") {
+                let user = match body["spec"]["token"].as_str() {
+                    Some("alice-token") => Some(("alice", vec!["team-payments"])),
+                    Some("bob-token") => Some(("bob", vec!["team-other"])),
+                    _ => None,
+                };
+                answer["status"] = match user {
+                    Some((name, groups)) => serde_json::json!({"authenticated": true, "user": {"username": name, "groups": groups}}),
+                    None => serde_json::json!({"authenticated": false, "error": "token has expired"}),
+                };
+            } else {
+                assert_eq!(path, "/apis/authorization.k8s.io/v1/namespaces/team/localsubjectaccessreviews");
+                let attributes = &body["spec"]["resourceAttributes"];
+                assert_eq!((attributes["verb"].as_str(), attributes["name"].as_str()), (Some("get"), Some("payments")));
+                answer["status"] = serde_json::json!({"allowed": body["spec"]["user"] == "alice"});
+            }
+            send.send_response(
+                http::Response::builder().status(201).body(kube::client::Body::from(serde_json::to_vec(&answer).unwrap())).unwrap(),
+            );
+        }
+    });
+    (Client::new(service, "team"), asked)
+}
+
+#[tokio::test]
+async fn kubernetes_mode_lets_in_only_whom_rbac_allows_and_caches_the_answers() {
+    let mut f = fixture();
+    apply(&mut f.ws, WORKSPACE);
+    let (client, asked) = review_api();
+    let gate = auth::Gate::new(client, auth::Permission { namespace: "team".into(), workspace: "payments".into() });
+    let state = PortalState { access: Access::Kubernetes(Arc::new(gate)), ..f.state.clone() };
+    let port = serve(state.clone(), false).await;
+
+    for path in ["/", "/fragment", "/events", "/api/v1/workspace", "/api/v1/toolbindings", "/api/v1/openapi.json"] {
+        let (status, headers, _) = get(port, path).await;
+        assert!(status.contains("401"), "{path} without a token: {status}");
+        assert!(headers.contains("www-authenticate: bearer"), "{headers}");
+    }
+    for path in ["/healthz", "/assets/portal.css"] {
+        assert!(get(port, path).await.0.contains("200"), "{path} stays open");
+    }
+    assert!(asked.lock().unwrap().is_empty(), "no credential, no API call");
+
+    let (status, _, body) = get_with(port, "/api/v1/workspace", "Authorization: Bearer alice-token\r\n").await;
+    assert!(status.contains("200"), "{status} {body}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["metadata"]["name"], "payments");
+    let (status, _, body) = get_with(port, "/", "Authorization: Bearer alice-token\r\n").await;
+    assert!(status.contains("200") && body.contains("data-title"), "{status}");
+    assert_eq!(asked.lock().unwrap().len(), 2, "one TokenReview and one access review, then the cache: {:?}", asked.lock().unwrap());
+
+    let (status, _, body) = get_with(port, "/api/v1/toolbindings", "Authorization: Bearer bob-token\r\n").await;
+    assert!(status.contains("403"), "{status}");
+    let refusal: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(refusal["user"], "bob");
+    assert_eq!(refusal["groups"], serde_json::json!(["team-other"]));
+    assert_eq!(refusal["missingPermission"], "get workspaces.hyperpage.dev \"payments\" in namespace \"team\"");
+    assert!(!body.contains("github"), "no tenant data in a refusal: {body}");
+    let (status, headers, page) = get_with(port, "/", "Authorization: Bearer bob-token\r\n").await;
+    assert!(status.contains("403") && headers.contains("text/html"), "{status} {headers}");
+    assert!(page.contains("<b data-user>bob</b>") && page.contains("get workspaces.hyperpage.dev &quot;payments&quot;"), "{page}");
+
+    let (status, _, body) = get_with(port, "/api/v1/workspace", "Authorization: Bearer expired-token\r\n").await;
+    assert!(status.contains("401") && body.contains("did not accept this token"), "{status} {body}");
+
+    let metrics_port = serve_app(metrics_router(state)).await;
+    let (_, _, metrics) = get(metrics_port, "/metrics").await;
+    assert!(metrics.contains("hyperpage_portal_access_total{outcome=\"forbidden\"} 2"), "{metrics}");
+    assert!(metrics.contains("hyperpage_portal_access_total{outcome=\"allowed\"} 2"), "{metrics}");
+}
+
+#[tokio::test]
+async fn an_unreachable_api_server_refuses_rather_than_lets_in() {
+    let f = fixture();
+    let (service, handle) = tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+    drop(handle);
+    let gate = auth::Gate::new(Client::new(service, "team"), auth::Permission { namespace: "team".into(), workspace: "payments".into() });
+    let state = PortalState { access: Access::Kubernetes(Arc::new(gate)), ..f.state.clone() };
+    let port = serve(state, false).await;
+    let (status, _, _) = get_with(port, "/api/v1/workspace", "Authorization: Bearer alice-token\r\n").await;
+    assert!(status.contains("503"), "{status}");
 }

@@ -5,6 +5,7 @@ mod chart;
 mod engine;
 mod policy;
 mod portal;
+mod portal_auth;
 mod support;
 mod tenancy;
 

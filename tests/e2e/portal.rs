@@ -199,6 +199,8 @@ async fn the_portal_runs_with_the_role_the_operator_gave_it_and_answers_from_mem
         ["watch", "workspaces.hyperpage.dev"],
         ["list", "toolbindings.hyperpage.dev"],
         ["watch", "toolbindings.hyperpage.dev"],
+        // Asking whether a visitor may see the Workspace, in its own namespace only.
+        ["create", "localsubjectaccessreviews.authorization.k8s.io"],
     ] {
         assert!(sa.can_i(&[allowed[0], allowed[1], "-n", n]), "the portal may {allowed:?} in its namespace");
     }
@@ -216,6 +218,8 @@ async fn the_portal_runs_with_the_role_the_operator_gave_it_and_answers_from_mem
         &["list", "configmaps", "-n", n],
         &["list", "pods", "-n", n],
         &["create", "serviceaccounts/token", "-n", n],
+        &["create", "localsubjectaccessreviews.authorization.k8s.io", "-n", &other.name],
+        &["create", "subjectaccessreviews.authorization.k8s.io"],
     ];
     for args in denied {
         assert!(!sa.can_i(args), "the portal's account must not be allowed to {args:?}");
@@ -231,7 +235,8 @@ async fn the_portal_runs_with_the_role_the_operator_gave_it_and_answers_from_mem
 
     // The portal works with exactly that account.
     let audit_start = audit_log_size();
-    let portal = Portal::start(&ns.name, "payments", Some(&sa.path));
+    // Public: this test is about the data path; tests/e2e/portal_auth.rs is about access.
+    let portal = Portal::start_with(&ns.name, "payments", Some(&sa.path), &["--access-mode", "public"]);
     portal.wait_ready(Duration::from_secs(30)).await;
     let ws: serde_json::Value = serde_json::from_str(&portal.get("/api/v1/workspace").await.unwrap()).unwrap();
     assert_eq!(ws["metadata"]["name"], "payments");
@@ -312,7 +317,7 @@ async fn the_portal_page_updates_live_in_a_browser() {
         std::path::Path::new(&chromium).exists() && browser.join("node_modules/playwright-core").exists(),
         "the browser test needs Debian's chromium and playwright-core: `apt-get install -y chromium` and `npm ci --prefix e2e/browser` (e2e/setup.sh, run by make test, does both)"
     );
-    let portal = Portal::start(&ns.name, "payments", None);
+    let portal = Portal::start_with(&ns.name, "payments", None, &["--access-mode", "public"]);
     portal.wait_ready(Duration::from_secs(30)).await;
     let artifacts = repo().join("artifacts/browser");
     let output = Command::new("node")

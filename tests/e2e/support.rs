@@ -305,17 +305,27 @@ pub fn kubectl(args: &[&str]) -> String {
 /// without, as the suite's own KUBECONFIG.
 pub struct Portal {
     pub port: u16,
+    /// `/metrics` (and the probes), apart from the page and API.
+    pub metrics_port: u16,
     pub log: PathBuf,
     child: Option<Child>,
 }
 
 impl Portal {
     pub fn start(namespace: &str, workspace: &str, kubeconfig: Option<&Path>) -> Self {
-        let port = free_port();
+        Self::start_with(namespace, workspace, kubeconfig, &[])
+    }
+
+    /// Like `start`, with more `hyperpage portal` arguments (e.g. `--access-mode public`).
+    pub fn start_with(namespace: &str, workspace: &str, kubeconfig: Option<&Path>, extra: &[&str]) -> Self {
+        let (port, metrics_port) = (free_port(), free_port());
         let listen = format!("127.0.0.1:{port}");
-        let args = ["portal", "--namespace", namespace, "--workspace", workspace, "--listen", &listen];
+        let metrics = format!("127.0.0.1:{metrics_port}");
+        let mut args =
+            vec!["portal", "--namespace", namespace, "--workspace", workspace, "--listen", &listen, "--metrics-listen", &metrics];
+        args.extend(extra);
         let (child, log) = spawn_hyperpage(&args, &format!("portal-{namespace}"), kubeconfig);
-        Self { port, log, child: Some(child) }
+        Self { port, metrics_port, log, child: Some(child) }
     }
 
     pub fn url(&self) -> String {
@@ -334,7 +344,7 @@ impl Portal {
 
     /// The value of a metric line that starts with `prefix`.
     pub async fn metric(&self, prefix: &str) -> Option<f64> {
-        let text = self.get("/metrics").await?;
+        let text = http_get(self.metrics_port, "/metrics").await?;
         text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
     }
 
