@@ -163,7 +163,23 @@ async fn the_chart_lints_and_renders_manifests_the_api_server_accepts() {
             assert!(kinds.contains(kind), "value set {set} renders a {kind}: {kinds:?}");
         }
         if *set == "namespaced" {
-            assert!(!kinds.contains("ClusterRole") && !kinds.contains("ClusterRoleBinding"), "nothing cluster-wide: {kinds:?}");
+            // Cluster-wide only what portal sign-in needs by nature (a TokenReview has no
+            // namespaced form), and the operator's part of it limited to named objects.
+            let cluster_wide: BTreeSet<String> = objects
+                .iter()
+                .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == "ClusterRole" || t.kind == "ClusterRoleBinding"))
+                .map(|o| o.name_any())
+                .collect();
+            let allowed: BTreeSet<String> =
+                ["hp-hyperpage-operator-portal-token-review", "hp-hyperpage-operator-portal-access", "hyperpage-workspace-viewer"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
+            assert!(cluster_wide.is_subset(&allowed), "nothing cluster-wide but portal sign-in's: {cluster_wide:?}");
+            let access = find(&objects, "ClusterRole", "hp-hyperpage-operator-portal-access").expect("the operator's portal-access role");
+            for rule in access.data["rules"].as_array().unwrap() {
+                assert!(rule["resourceNames"].as_array().is_some_and(|n| !n.is_empty()), "named objects only: {rule}");
+            }
             let role = find(&objects, "Role", "hp-hyperpage-operator").expect("the operator's Role in the watched namespace");
             assert_eq!(role.namespace().as_deref(), Some(ns.name.as_str()));
             assert!(find(&objects, "RoleBinding", "hp-hyperpage-operator").is_some());
@@ -459,6 +475,23 @@ fn can_i(user: &str, namespace: &str) -> (BTreeSet<Grant>, BTreeSet<String>) {
     (resources, urls)
 }
 
+/// The resource names `user`'s grants on `resource` are limited to (empty: all of them).
+fn resource_names(user: &str, namespace: &str, resource: &str) -> Vec<String> {
+    let table = kubectl(&["auth", "can-i", "--list", &format!("--as={user}"), "-n", namespace]);
+    let mut names: Vec<String> = table
+        .lines()
+        .filter(|line| line.split('[').next().is_some_and(|r| r.trim() == resource))
+        .flat_map(|line| {
+            let groups: Vec<&str> = line.split('[').skip(1).map(|g| g.split(']').next().unwrap()).collect();
+            let named: Vec<String> = groups[1].split_whitespace().map(String::from).collect();
+            if named.is_empty() { vec![String::from("*")] } else { named }
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// What `user` may do in `namespace` beyond an account with no grants at all (printed for
 /// the log); it must hold no non-resource URL beyond what every account has.
 fn extra_grants(user: &str, namespace: &str) -> BTreeSet<Grant> {
@@ -689,7 +722,11 @@ async fn a_namespace_scoped_install_runs_the_examples_and_grants_nothing_cluster
     for namespace in [watched.name.as_str(), LEASE_NAMESPACE, unwatched.name.as_str(), "default"] {
         for pair in &extra_grants(&user, namespace) {
             let scope = justified.get(pair).map(String::as_str).unwrap_or_default();
-            let ok = if namespace == watched.name {
+            // A grant on one named cluster-wide object (portal sign-in's token-review
+            // binding) shows up in every namespace; its names are checked below.
+            let ok = if scope.starts_with("cluster, only the") {
+                true
+            } else if namespace == watched.name {
                 scope.contains("watched namespace")
             } else if namespace == LEASE_NAMESPACE {
                 scope.contains("release namespace")
@@ -702,5 +739,9 @@ async fn a_namespace_scoped_install_runs_the_examples_and_grants_nothing_cluster
         }
     }
     assert!(wrong.is_empty(), "a namespace-scoped install grants more than it should: {wrong:?}");
+    for resource in ["clusterroles.rbac.authorization.k8s.io", "clusterrolebindings.rbac.authorization.k8s.io"] {
+        let names = resource_names(&user, &unwatched.name, resource);
+        assert_eq!(names, ["hpn-hyperpage-operator-portal-token-review"], "{resource}: only the named token-review objects");
+    }
     drop(release);
 }
