@@ -66,6 +66,7 @@ fn repos() -> BTreeMap<String, Repo> {
         pulls: (1..=40).map(|n| github::pull(name, n, "change")).collect(),
         issues: vec![github::issue(name, 100, "bug", false)],
         runs: vec![github::run(1, 1, "build", "success", "2026-11-20T10:00:00Z")],
+        ..Repo::default()
     };
     BTreeMap::from([(name.to_string(), repo)])
 }

@@ -3,27 +3,18 @@
 //! leader starts warm. When Redis is unreachable the in-memory copy serves alone, the
 //! fallback is reported, and Redis is used again once it answers.
 
+use crate::providers::http::{CachedResponse, ResponseCache};
 use crate::providers::ledger::LedgerEntry;
+use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// A stored upstream response.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CachedResponse {
-    pub etag: Option<String>,
-    pub last_modified: Option<String>,
-    pub body: String,
-    /// The `rel="next"` page, so a 304 can still follow pagination.
-    pub next: Option<String>,
-}
 
 /// Entries kept in memory before the oldest half is dropped.
 const MEMORY_LIMIT: usize = 20_000;
@@ -221,6 +212,21 @@ impl Cache {
     }
 }
 
+impl ResponseCache for Cache {
+    fn get_response<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<CachedResponse>> {
+        Box::pin(Cache::get_response(self, key))
+    }
+    fn put_response<'a>(&'a self, key: &'a str, response: CachedResponse) -> BoxFuture<'a, ()> {
+        Box::pin(Cache::put_response(self, key, response))
+    }
+    fn get_ledger<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, Option<LedgerEntry>> {
+        Box::pin(Cache::get_ledger(self, credential))
+    }
+    fn put_ledger<'a>(&'a self, credential: &'a str, entry: &'a LedgerEntry) -> BoxFuture<'a, ()> {
+        Box::pin(Cache::put_ledger(self, credential, entry))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,7 +236,7 @@ mod tests {
         let metrics = CacheMetrics::default();
         let cache = Cache::memory(metrics.clone());
         assert_eq!(cache.get_response("k").await, None);
-        let response = CachedResponse { etag: Some("\"abc\"".into()), last_modified: None, body: "[]".into(), next: None };
+        let response = CachedResponse { etag: Some("\"abc\"".into()), last_modified: None, body: "[]".into(), paging: Default::default() };
         cache.put_response("k", response.clone()).await;
         assert_eq!(cache.get_response("k").await, Some(response));
         assert_eq!(metrics.requests.get_or_create(&CacheLabels { result: "hit" }).get(), 1);
@@ -243,7 +249,7 @@ mod tests {
         let metrics = CacheMetrics::default();
         // Port 1 on loopback: nothing listens there.
         let cache = Cache::redis("redis://127.0.0.1:1/", "test", metrics.clone()).unwrap();
-        let response = CachedResponse { etag: None, last_modified: None, body: "{}".into(), next: None };
+        let response = CachedResponse { etag: None, last_modified: None, body: "{}".into(), paging: Default::default() };
         cache.put_response("k", response.clone()).await;
         assert!(cache.in_fallback());
         assert_eq!(metrics.redis_fallback.get(), 1);

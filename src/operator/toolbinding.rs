@@ -202,7 +202,7 @@ async fn publish_transitions(binding: &ToolBinding, ctx: &Context, previous: &To
             .items
             .iter()
             .flat_map(|i| &i.pipelines)
-            .filter(|p| matches!(p.state.as_deref(), Some("failure" | "failed" | "timed_out" | "startup_failure")))
+            .filter(|p| matches!(p.state.as_deref(), Some("failure" | "failed" | "timed_out" | "startup_failure" | "unstable")))
             .map(|p| p.id.clone())
             .take(5)
             .collect();

@@ -12,7 +12,7 @@ pub mod jira;
 pub mod ledger;
 pub mod safety;
 
-use crate::api::toolbinding::{Item, ToolItems, ToolSummary};
+use crate::api::toolbinding::{Capability, CountGap, GapKind, Item, ToolItems, ToolSummary};
 use crate::api::{Provider, ToolBindingSpec};
 use std::time::Duration;
 
@@ -35,6 +35,28 @@ impl Snapshot {
         }
         self
     }
+
+    /// Records that a capability's count is not exact.
+    pub fn gap(&mut self, capability: Capability, kind: GapKind, reason: impl Into<String>) {
+        let reason = reason.into();
+        if !self.summary.gaps.iter().any(|g| g.capability == capability && g.kind == kind && g.reason == reason) {
+            self.summary.gaps.push(CountGap { capability, kind, reason });
+        }
+    }
+
+    /// Runs one capability's part of a poll: a capability the upstream refuses for this
+    /// token or has switched off (403/410) becomes "n/a" with the upstream's reason, and
+    /// what the other capabilities read stands.
+    pub fn capability<T>(&mut self, capability: Capability, result: Result<T, ProviderError>) -> Result<Option<T>, ProviderError> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(error @ ProviderError::Unavailable { .. }) => {
+                self.gap(capability, GapKind::Unavailable, error.to_string());
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
+    }
 }
 
 /// Why a poll did not produce data. Messages never contain the token or response bodies.
@@ -51,6 +73,9 @@ pub enum ProviderError {
 
     #[error("failed to poll {url}: {reason}")]
     Upstream { url: String, reason: String },
+
+    #[error("failed to poll {url}: not available to this token or switched off upstream (HTTP {status}){}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Unavailable { url: String, status: u16, message: String },
 
     #[error("failed to poll {url}: not found (HTTP 404); check the names in the spec")]
     NotFound { url: String },
@@ -73,6 +98,7 @@ impl ProviderError {
             ProviderError::RateLimited { .. } => "RateLimited",
             ProviderError::EndpointRefused(_) => "EndpointRefused",
             ProviderError::Upstream { .. } => "UpstreamError",
+            ProviderError::Unavailable { .. } => "CapabilityUnavailable",
             ProviderError::NotFound { .. } => "NotFound",
             ProviderError::Malformed { .. } => "MalformedResponse",
             ProviderError::CircuitOpen { .. } => "CircuitOpen",
@@ -150,6 +176,7 @@ impl PollRequest<'_> {
             reserve: self.reserve,
             budget: self.budget,
             extra_headers,
+            json: None,
         }
     }
 }
@@ -214,12 +241,76 @@ pub async fn poll(client: &http::UpstreamClient, request: &PollRequest<'_>) -> R
 }
 
 /// Parses an RFC 3339 timestamp from upstream JSON.
-pub(crate) fn time(value: &serde_json::Value) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
-    value.as_str()?.parse::<jiff::Timestamp>().ok().map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
+pub(crate) fn time(value: Option<&str>) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+    value?.parse::<jiff::Timestamp>().ok().map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
+}
+
+/// Untrusted text from a response, clipped to [`Text::MAX_CHARS`] while it is parsed: a
+/// page of megabyte-long titles costs a few kilobytes once read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Text(String);
+
+impl Text {
+    /// Longest text any item field keeps (a URL).
+    pub const MAX_CHARS: usize = 2048;
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        Text(s.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.chars().take(Text::MAX_CHARS).collect()))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// The few fields of a user object any provider needs.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct User {
+    #[serde(default, alias = "username", alias = "displayName")]
+    pub login: Option<Text>,
 }
 
 /// Builds an item, trimming untrusted text to a sane length.
-pub(crate) fn item(id: String, title: &str, url: &str, state: Option<&str>, author: Option<&str>, updated: &serde_json::Value) -> Item {
+pub(crate) fn item(id: String, title: &str, url: &str, state: Option<&str>, author: Option<&str>, updated: Option<&str>) -> Item {
     let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
     Item {
         // Long enough for a sha512 digest and for a 255-character GitLab path or Jenkins job

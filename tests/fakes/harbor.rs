@@ -1,4 +1,6 @@
-//! Harbor v2.0: `GET /api/v2.0/projects/:p/repositories` (names are `p/repo`) and
+//! Harbor v2.0, following its API (<https://github.com/goharbor/harbor/blob/main/api/v2.0/swagger.yaml>):
+//! `GET /api/v2.0/projects/:p/repositories` (names are `p/repo`, with the numeric
+//! `project_id` and `artifact_count`; project ids are 1, 2, … in name order) and
 //! `GET /api/v2.0/projects/:p/repositories/:repo/artifacts`, where a '/' inside the
 //! repository name must be encoded twice (`team%252Fapi`): the router decodes once, so a
 //! single `%2F` becomes a path separator and misses. `scan_overview` only comes with
@@ -59,14 +61,16 @@ impl Harbor {
                 };
                 let (body, next) = match parts.as_slice() {
                     ["api", "v2.0", "projects", project, "repositories"] => {
-                        let repos = projects.lock().unwrap().get(*project).cloned();
+                        let all = projects.lock().unwrap().clone();
+                        let project_id = all.keys().position(|k| k == project).map(|i| i + 1).unwrap_or(0);
+                        let repos = all.get(*project).cloned();
                         match repos {
                             Some(repos) => list(
                                 repos
                                     .iter()
                                     .enumerate()
                                     .map(|(i, (name, artifacts))| {
-                                        json!({"id": i + 1, "project_id": 1, "name": format!("{project}/{name}"),
+                                        json!({"id": i + 1, "project_id": project_id, "name": format!("{project}/{name}"),
                                                "artifact_count": artifacts.len(), "pull_count": 7,
                                                "creation_time": "2026-10-01T08:00:00.000Z", "update_time": "2026-11-20T08:00:00.000Z"})
                                     })
