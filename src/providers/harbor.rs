@@ -4,7 +4,8 @@
 //!
 //! The artifact count is exact: the repository list already carries each `artifact_count`.
 //! Vulnerabilities are read for the [`ARTIFACTS_PER_REPOSITORY`] newest artifacts of each
-//! repository; when a repository has more, the vulnerable count says it is a lower bound.
+//! repository, in the [`SCANNED_REPOSITORIES`] most recently updated repositories; when
+//! there are more, the vulnerable count says it is a lower bound.
 //! Item links use the UI's route, which wants the numeric project id.
 
 use super::http::{Fetched, List, UpstreamClient};
@@ -14,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 /// Artifacts whose scan is read, per repository.
 pub const ARTIFACTS_PER_REPOSITORY: usize = 10;
+/// Repositories (most recently pushed first) whose artifacts are read, per project: a
+/// project of thousands of repositories costs a bounded number of requests per poll.
+pub const SCANNED_REPOSITORIES: usize = 50;
 
 #[derive(Serialize, Deserialize)]
 struct Repository {
@@ -135,11 +139,11 @@ pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<
     for project in &spec.projects {
         let pages = client
             .get_pages(
-                get(format!("{base}/api/v2.0/projects/{}/repositories?page_size=100", segment(project)))?,
+                get(format!("{base}/api/v2.0/projects/{}/repositories?page_size=100&sort=-update_time", segment(project)))?,
                 |_: &[Fetched<List<Repository>>]| false,
             )
             .await?;
-        for repository in pages.into_iter().flat_map(|p| p.body.0) {
+        for (index, repository) in pages.into_iter().flat_map(|p| p.body.0).enumerate() {
             let full = repository.name.as_str();
             let short = full.strip_prefix(&format!("{project}/")).unwrap_or(full);
             snapshot.summary.artifacts += repository.artifact_count;
@@ -151,6 +155,14 @@ pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<
                 );
             }
             if repository.artifact_count == 0 {
+                continue;
+            }
+            if index >= SCANNED_REPOSITORIES {
+                snapshot.gap(
+                    Capability::Artifacts,
+                    GapKind::Estimated,
+                    format!("vulnerabilities are read in the {SCANNED_REPOSITORIES} most recently updated repositories of each project: the vulnerable count is a lower bound"),
+                );
                 continue;
             }
             // The API wants a "/" inside a repository name encoded twice.

@@ -59,7 +59,9 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(15),
-            max_body_bytes: 8 * 1024 * 1024,
+            // 16 requests in flight at most 64 MiB: any page the providers ask for (at most
+            // 100 items, 20 for the heavy ones) fits in a fraction of it.
+            max_body_bytes: 4 * 1024 * 1024,
             max_pages: 10,
             per_host_concurrency: 4,
             global_concurrency: 16,
@@ -478,7 +480,8 @@ impl UpstreamClient {
                 }
                 Class::Fresh => {
                     let paging = paging(&headers, &url);
-                    let raw = self.read_capped(response, &url, self.config.max_body_bytes).await?;
+                    let raw = self.read_chunks(response, &url, self.config.max_body_bytes).await?;
+                    let raw = raw.into_vec();
                     let body: T = serde_json::from_slice(&raw).map_err(|e| malformed(&url, e))?;
                     drop(raw);
                     let header_text = |h: http::HeaderName| headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -553,21 +556,30 @@ impl UpstreamClient {
         self.cache.put_ledger(fingerprint, entry).await;
     }
 
-    async fn read_capped(&self, response: reqwest::Response, url: &url::Url, cap: usize) -> Result<Vec<u8>, ProviderError> {
+    /// Reads a body of at most `cap` bytes as the chunks it arrived in.
+    async fn read_chunks(&self, response: reqwest::Response, url: &url::Url, cap: usize) -> Result<Chunks, ProviderError> {
+        let too_large = || ProviderError::Upstream { url: redact(url), reason: format!("response larger than {cap} bytes") };
         if response.content_length().is_some_and(|l| l as usize > cap) {
-            return Err(ProviderError::Upstream { url: redact(url), reason: format!("response larger than {cap} bytes") });
+            return Err(too_large());
         }
-        let mut body = Vec::new();
+        let mut chunks = Chunks::default();
         let mut response = response;
-        while let Some(chunk) =
-            response.chunk().await.map_err(|_| ProviderError::Upstream { url: redact(url), reason: "the response was cut off".into() })?
-        {
-            if body.len() + chunk.len() > cap {
-                return Err(ProviderError::Upstream { url: redact(url), reason: format!("response larger than {cap} bytes") });
+        let failed = |e: reqwest::Error| {
+            let reason = if e.is_timeout() { "timed out while reading the response" } else { "the response was cut off" };
+            ProviderError::Upstream { url: redact(url), reason: reason.into() }
+        };
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            if chunks.len + chunk.len() > cap {
+                return Err(too_large());
             }
-            body.extend_from_slice(&chunk);
+            chunks.len += chunk.len();
+            chunks.parts.push_back(chunk);
         }
-        Ok(body)
+        Ok(chunks)
+    }
+
+    async fn read_capped(&self, response: reqwest::Response, url: &url::Url, cap: usize) -> Result<Vec<u8>, ProviderError> {
+        Ok(self.read_chunks(response, url, cap).await?.into_vec())
     }
 
     /// Follows next pages (see [`paging`]) until `enough` says the items read suffice, there
@@ -595,6 +607,24 @@ impl UpstreamClient {
     }
 }
 
+/// A body as received: chunks, not one buffer grown by doubling (up to twice the cap).
+#[derive(Default)]
+struct Chunks {
+    parts: std::collections::VecDeque<bytes::Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    /// One buffer of exactly the body's size, each chunk freed as soon as it is copied.
+    fn into_vec(mut self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        while let Some(chunk) = self.parts.pop_front() {
+            out.extend_from_slice(&chunk);
+        }
+        out
+    }
+}
+
 /// Error bodies are read this far, for their message.
 const ERROR_BODY_BYTES: usize = 16 * 1024;
 
@@ -613,8 +643,13 @@ fn malformed(url: &url::Url, e: serde_json::Error) -> ProviderError {
 }
 
 /// A URL fit for messages: no user info, no query (JQL and tokens can live there).
+/// The path is clipped: names in it may come from a hostile page.
 pub fn redact(url: &url::Url) -> String {
-    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or_default(), url.path())
+    const MAX_PATH: usize = 200;
+    let path = url.path();
+    let clipped: String = path.chars().take(MAX_PATH).collect();
+    let more = if clipped.len() < path.len() { "…" } else { "" };
+    format!("{}://{}{clipped}{more}", url.scheme(), url.host_str().unwrap_or_default())
 }
 
 #[cfg(test)]

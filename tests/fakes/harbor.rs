@@ -4,7 +4,8 @@
 //! `GET /api/v2.0/projects/:p/repositories/:repo/artifacts`, where a '/' inside the
 //! repository name must be encoded twice (`team%252Fapi`): the router decodes once, so a
 //! single `%2F` becomes a path separator and misses. `scan_overview` only comes with
-//! `with_scan_overview=true`; `sort=-push_time` sorts newest first. Lists paginate with
+//! `with_scan_overview=true`; `sort=-push_time` (artifacts) and `sort=-update_time`
+//! (repositories; a push updates it) sort newest first. Lists paginate with
 //! `page`/`page_size` (default 10, at most 100), `X-Total-Count` and a relative `Link`.
 //! No ETags, no rate-limit headers; Basic auth (users or robot accounts).
 
@@ -65,17 +66,27 @@ impl Harbor {
                         let project_id = all.keys().position(|k| k == project).map(|i| i + 1).unwrap_or(0);
                         let repos = all.get(*project).cloned();
                         match repos {
-                            Some(repos) => list(
-                                repos
+                            Some(repos) => {
+                                let mut listed: Vec<Value> = repos
                                     .iter()
                                     .enumerate()
                                     .map(|(i, (name, artifacts))| {
+                                        // A push updates the repository's update_time.
+                                        let pushed = artifacts
+                                            .iter()
+                                            .filter_map(|a| a["push_time"].as_str())
+                                            .max()
+                                            .unwrap_or("2026-10-01T08:00:00.000Z");
                                         json!({"id": i + 1, "project_id": project_id, "name": format!("{project}/{name}"),
                                                "artifact_count": artifacts.len(), "pull_count": 7,
-                                               "creation_time": "2026-10-01T08:00:00.000Z", "update_time": "2026-11-20T08:00:00.000Z"})
+                                               "creation_time": "2026-10-01T08:00:00.000Z", "update_time": pushed})
                                     })
-                                    .collect(),
-                            ),
+                                    .collect();
+                                if query_param(&uri, "sort").as_deref() == Some("-update_time") {
+                                    listed.sort_by(|a, b| b["update_time"].as_str().cmp(&a["update_time"].as_str()));
+                                }
+                                list(listed)
+                            }
                             None => (None, None),
                         }
                     }

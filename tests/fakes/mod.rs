@@ -55,8 +55,11 @@ pub enum Hostile {
     Zeros(usize),
     /// `[[[[…]]]]` this deep.
     Nested(usize),
-    /// A valid page of `per_page` maximal items with a `Link` to a next page, forever.
+    /// A valid page with a `Link` (and `X-Next-Page`) to a next page, forever.
     EndlessPages,
+    /// [`Hostile::EndlessPages`] where each page is valid JSON of about this many bytes:
+    /// the route's first list element, every string in it 4 KiB long, repeated.
+    MaximalPages(usize),
     /// A chunked body that never ends (no Content-Length).
     Endless,
 }
@@ -282,19 +285,14 @@ impl Shared {
                     let text = match &mode {
                         Mode::Malformed => b"{\"items\": [unterminated".to_vec(),
                         Mode::Oversized(n) => format!("[\"{}\"]", "x".repeat(*n)).into_bytes(),
-                        Mode::Hostile(Hostile::Zeros(n)) => {
-                            let mut b = Vec::with_capacity(*n);
-                            b.push(b'[');
-                            while b.len() + 3 < *n {
-                                b.extend_from_slice(b"0,");
-                            }
-                            b.extend_from_slice(b"0]");
-                            b
+                        Mode::Hostile(Hostile::Zeros(_) | Hostile::Nested(_)) => {
+                            let Mode::Hostile(hostile) = &mode else { unreachable!() };
+                            body_stream = Some(Body::from(hostile_bytes(*hostile)));
+                            Vec::new()
                         }
-                        Mode::Hostile(Hostile::Nested(depth)) => {
-                            let mut b = vec![b'['; *depth];
-                            b.extend(std::iter::repeat_n(b']', *depth));
-                            b
+                        Mode::Hostile(Hostile::MaximalPages(n)) => {
+                            body_stream = Some(maximal(&value, *n));
+                            Vec::new()
                         }
                         Mode::Hostile(Hostile::Endless) => {
                             let chunks =
@@ -309,7 +307,7 @@ impl Shared {
                     if etags {
                         out.insert("etag", HeaderValue::from_str(&etag).unwrap());
                     }
-                    if let Mode::Hostile(Hostile::EndlessPages) = mode {
+                    if let Mode::Hostile(Hostile::EndlessPages | Hostile::MaximalPages(_)) = mode {
                         // Always one more page, on the same origin.
                         let page = query_param(uri, "page").and_then(|p| p.parse::<u64>().ok()).unwrap_or(1);
                         let next = format!("<{}?page={}>; rel=\"next\"", uri.path(), page + 1);
@@ -347,6 +345,88 @@ impl Shared {
         let body = body_stream.unwrap_or_else(|| Body::from(payload));
         response.header("content-type", "application/json").body(body).unwrap()
     }
+}
+
+/// The `Zeros` and `Nested` bodies, built once per process (so the fake's own memory does
+/// not count against the client's in a test of peak RSS).
+pub fn hostile_bytes(hostile: Hostile) -> axum::body::Bytes {
+    static CACHE: Mutex<Vec<(usize, bool, axum::body::Bytes)>> = Mutex::new(Vec::new());
+    let (n, zeros) = match hostile {
+        Hostile::Zeros(n) => (n, true),
+        Hostile::Nested(n) => (n, false),
+        _ => return axum::body::Bytes::new(),
+    };
+    let mut cache = CACHE.lock().unwrap();
+    if let Some((_, _, b)) = cache.iter().find(|(m, z, _)| *m == n && *z == zeros) {
+        return b.clone();
+    }
+    let bytes = if zeros {
+        let mut b = Vec::with_capacity(n);
+        b.push(b'[');
+        while b.len() + 3 < n {
+            b.extend_from_slice(b"0,");
+        }
+        b.extend_from_slice(b"0]");
+        b
+    } else {
+        let mut b = vec![b'['; n];
+        b.extend(std::iter::repeat_n(b']', n));
+        b
+    };
+    let bytes = axum::body::Bytes::from(bytes);
+    cache.push((n, zeros, bytes.clone()));
+    bytes
+}
+
+/// A valid answer of about `size` bytes shaped like `value`: its first list (the value itself
+/// or its first array field) filled with copies of its first element, every string 4 KiB.
+/// Streamed from one copy of the element, so the fake itself stays small.
+pub fn maximal(value: &Value, size: usize) -> Body {
+    let bytes = axum::body::Bytes::from;
+    fn long_strings(v: &mut Value) {
+        match v {
+            Value::String(s) => *s = "x".repeat(4096),
+            Value::Array(a) => a.iter_mut().for_each(long_strings),
+            Value::Object(o) => o.values_mut().for_each(long_strings),
+            _ => {}
+        }
+    }
+    let (mut shell, field) = match value {
+        Value::Array(_) => (Value::Array(vec![]), None),
+        Value::Object(o) => match o.iter().find(|(_, v)| v.is_array()) {
+            Some((k, _)) => (value.clone(), Some(k.clone())),
+            None => return Body::from(serde_json::to_vec(value).unwrap()),
+        },
+        other => return Body::from(serde_json::to_vec(other).unwrap()),
+    };
+    let list = match &field {
+        Some(k) => shell[k.as_str()].take(),
+        None => value.clone(),
+    };
+    let mut element = list.as_array().and_then(|a| a.first().cloned()).unwrap_or_else(|| serde_json::json!({}));
+    long_strings(&mut element);
+    let element = serde_json::to_vec(&element).unwrap();
+    if let Some(k) = &field {
+        shell[k.as_str()] = Value::Array(vec![]);
+    }
+    let shell = serde_json::to_vec(&shell).unwrap();
+    // Split the shell at its empty list "[]" and fill the list.
+    let marker = field.as_ref().map(|k| format!("\"{k}\":[]")).unwrap_or_else(|| "[]".into());
+    let at = shell.windows(marker.len()).position(|w| w == marker.as_bytes()).unwrap() + marker.len() - 1;
+    // Blocks of about 64 KiB of ",element" each, so tiny elements are not tiny chunks.
+    let per_block = (65_536 / (element.len() + 1)).max(1);
+    let mut block = Vec::with_capacity(per_block * (element.len() + 1));
+    for _ in 0..per_block {
+        block.push(b',');
+        block.extend_from_slice(&element);
+    }
+    let blocks = (size.saturating_sub(shell.len() + element.len()) / block.len()).max(1);
+    let parts = [bytes(shell[..at].to_vec()), bytes(element)]
+        .into_iter()
+        .chain(std::iter::repeat_n(bytes(block), blocks))
+        .chain(std::iter::once(bytes(shell[at..].to_vec())))
+        .map(Ok::<_, std::io::Error>);
+    Body::from_stream(futures::stream::iter(parts))
 }
 
 /// What a route found.
