@@ -55,6 +55,7 @@ async fn poll(target: &Target) -> Result<Snapshot, ProviderError> {
         credential: &credential,
         reserve: 0,
         budget: &budget,
+        scope: Default::default(),
     };
     providers::poll(&client, &request).await
 }

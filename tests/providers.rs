@@ -52,8 +52,14 @@ async fn poll_spec(
     let spec = spec.clone();
     let credential = Credential::new(spec.provider, TOKEN).unwrap();
     let budget = Budget::new(None);
-    let request =
-        PollRequest { spec: &spec, endpoint: url::Url::parse(&fake.url()).unwrap(), credential: &credential, reserve, budget: &budget };
+    let request = PollRequest {
+        spec: &spec,
+        endpoint: url::Url::parse(&fake.url()).unwrap(),
+        credential: &credential,
+        reserve,
+        budget: &budget,
+        scope: Default::default(),
+    };
     providers::poll(client, &request).await
 }
 
@@ -85,10 +91,7 @@ async fn unchanged_data_comes_back_as_free_304s() {
     assert!(!seen.is_empty());
     assert!(seen.iter().all(|s| s.if_none_match.is_some() && s.status == 304), "conditional requests: {seen:?}");
     assert_eq!(fake.shared.quota.lock().unwrap().remaining, remaining, "a 304 costs no quota");
-    assert_eq!(
-        client.ledger.get(&Credential::new(hyperpage::api::Provider::Github, TOKEN).unwrap().fingerprint).unwrap().remaining,
-        Some(remaining)
-    );
+    assert_eq!(client.ledger_entry(&Credential::new(hyperpage::api::Provider::Github, TOKEN).unwrap()).unwrap().remaining, Some(remaining));
 }
 
 #[tokio::test]
@@ -326,5 +329,25 @@ async fn github_receives_one_accept_header() {
     for seen in fake.shared.requests() {
         let accepts: Vec<_> = seen.headers.get_all("accept").iter().collect();
         assert_eq!(accepts, ["application/vnd.github+json"], "{}", seen.path);
+    }
+}
+
+/// Cache keys are keyed digests over namespace, URL and credential: the same URL and token
+/// in another namespace never gets this namespace's validators (no cross-tenant 304).
+#[tokio::test]
+async fn cache_entries_are_not_shared_across_namespaces() {
+    let fake = Github::start(repo()).await;
+    let client = client();
+    let spec = github_spec();
+    let credential = Credential::new(spec.provider, TOKEN).unwrap();
+    let budget = Budget::new(None);
+    let endpoint = url::Url::parse(&fake.url()).unwrap();
+    for (namespace, conditional) in [("team-a", false), ("team-a", true), ("team-b", false)] {
+        fake.shared.clear();
+        let scope = providers::Scope { namespace, binding: "github", secret: "token" };
+        let request = PollRequest { spec: &spec, endpoint: endpoint.clone(), credential: &credential, reserve: 0, budget: &budget, scope };
+        providers::poll(&client, &request).await.unwrap();
+        let seen = fake.shared.requests();
+        assert!(seen.iter().all(|s| s.if_none_match.is_some() == conditional), "{namespace}: {seen:?}");
     }
 }

@@ -27,7 +27,14 @@ fn spec(yaml: &str) -> ToolBindingSpec {
 async fn poll(client: &UpstreamClient, url: &str, spec: &ToolBindingSpec, token: &str) -> Result<Snapshot, ProviderError> {
     let credential = Credential::new(spec.provider, token).unwrap();
     let budget = Budget::new(None);
-    let request = PollRequest { spec, endpoint: url::Url::parse(url).unwrap(), credential: &credential, reserve: 0, budget: &budget };
+    let request = PollRequest {
+        spec,
+        endpoint: url::Url::parse(url).unwrap(),
+        credential: &credential,
+        reserve: 0,
+        budget: &budget,
+        scope: Default::default(),
+    };
     providers::poll(client, &request).await
 }
 
@@ -217,8 +224,8 @@ async fn gitlab_rate_limit_headers_come_only_with_a_429() {
     let fake = Gitlab::start(gitlab_projects()).await;
     let client = loopback_client();
     poll(&client, &fake.url(), &gitlab_spec(), GITLAB_TOKEN).await.unwrap();
-    let fingerprint = Credential::new(hyperpage::api::Provider::Gitlab, GITLAB_TOKEN).unwrap().fingerprint;
-    assert_eq!(client.ledger.get(&fingerprint).and_then(|e| e.remaining), None);
+    let credential = Credential::new(hyperpage::api::Provider::Gitlab, GITLAB_TOKEN).unwrap();
+    assert_eq!(client.ledger_entry(&credential).and_then(|e| e.remaining), None);
     assert!(fake.shared.requests().iter().all(|s| s.status == 200));
 }
 

@@ -29,10 +29,47 @@ pub struct RequestLabels {
     pub status_class: &'static str,
 }
 
+/// Quota gauges are labelled with the Secret (`namespace/name`), never anything derived
+/// from the token.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialLabels {
     pub provider: &'static str,
-    pub credential: String,
+    pub secret: String,
+}
+
+/// The per-install key of every cache and ledger digest (HMAC-SHA256): without it, nobody
+/// can compute which key holds whose data, or find two URLs whose keys collide.
+#[derive(Clone)]
+pub struct CacheKey(Arc<[u8]>);
+
+impl std::fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheKey(…)")
+    }
+}
+
+impl CacheKey {
+    pub fn new(bytes: &[u8]) -> Self {
+        Self(Arc::from(bytes))
+    }
+
+    /// A key for this process only: a new leader cannot reuse what this one cached.
+    pub fn random() -> Self {
+        let bytes: [u8; 32] = rand::random();
+        Self::new(&bytes)
+    }
+
+    /// Full-length HMAC-SHA256 of the parts, each length-prefixed (no two lists of parts
+    /// give the same input), in hex.
+    pub fn digest(&self, parts: &[&[u8]]) -> String {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 #[derive(Clone, Default)]
@@ -53,6 +90,7 @@ pub struct ClientConfig {
     pub breaker_threshold: u32,
     pub breaker_open_for: Duration,
     pub policy: EndpointPolicy,
+    pub cache_key: CacheKey,
 }
 
 impl Default for ClientConfig {
@@ -68,6 +106,7 @@ impl Default for ClientConfig {
             breaker_threshold: 5,
             breaker_open_for: Duration::from_secs(60),
             policy: EndpointPolicy::default(),
+            cache_key: CacheKey::random(),
         }
     }
 }
@@ -81,8 +120,9 @@ struct Breaker {
 /// Where the client keeps validators and extracted pages, and the ledger. Implemented by
 /// the engine's cache (memory or Redis): providers define the interface, the engine fills it.
 pub trait ResponseCache: Send + Sync {
-    fn get_response<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<CachedResponse>>;
-    fn put_response<'a>(&'a self, key: &'a str, response: CachedResponse) -> BoxFuture<'a, ()>;
+    fn get_response<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Option<CachedResponse>>;
+    /// `owner` is the binding (`namespace/name`) whose poll stored it, so its entries go with it.
+    fn put_response<'a>(&'a self, key: &'a str, response: CachedResponse, owner: &'a str) -> BoxFuture<'a, ()>;
     fn get_ledger<'a>(&'a self, credential: &'a str) -> BoxFuture<'a, Option<ledger::LedgerEntry>>;
     fn put_ledger<'a>(&'a self, credential: &'a str, entry: &'a ledger::LedgerEntry) -> BoxFuture<'a, ()>;
 }
@@ -304,6 +344,7 @@ pub struct Request<'a> {
     pub extra_headers: &'a [(&'static str, &'static str)],
     /// A JSON body makes this a POST (Jira Cloud's approximate count); never cached.
     pub json: Option<&'a str>,
+    pub scope: super::Scope<'a>,
 }
 
 impl UpstreamClient {
@@ -377,8 +418,27 @@ impl UpstreamClient {
         }
     }
 
-    fn cache_key(url: &url::Url, credential: &Credential) -> String {
-        super::fingerprint(&format!("{url}|{}", credential.fingerprint))
+    /// Where a response is cached: the namespace, the URL and the credential, under the
+    /// install's key. Another tenant's binding never shares an entry (no cross-tenant 304).
+    fn cache_key(&self, request: &Request<'_>) -> String {
+        let (_, credential) = request.credential.header();
+        self.config.cache_key.digest(&[
+            b"response",
+            request.scope.namespace.as_bytes(),
+            request.url.as_str().as_bytes(),
+            credential.as_bytes(),
+        ])
+    }
+
+    /// The ledger's name for a credential: shared by every binding with the same token.
+    pub fn credential_id(&self, credential: &Credential) -> String {
+        let (_, value) = credential.header();
+        self.config.cache_key.digest(&[b"credential", value.as_bytes()])
+    }
+
+    /// What the ledger knows about a credential's quota.
+    pub fn ledger_entry(&self, credential: &Credential) -> Option<ledger::LedgerEntry> {
+        self.ledger.get(&self.credential_id(credential))
     }
 
     fn count(&self, provider: &'static str, status_class: &'static str) {
@@ -395,10 +455,10 @@ impl UpstreamClient {
     ) -> Result<reqwest::Response, ProviderError> {
         let now = Timestamp::now();
         let host = url.host_str().unwrap_or_default().to_string();
-        let fingerprint = &request.credential.fingerprint;
+        let credential_id = &self.credential_id(request.credential);
         self.check_breaker(&host, now)?;
-        self.seed_ledger(fingerprint).await;
-        self.ledger.check(fingerprint, request.reserve, now)?;
+        self.seed_ledger(credential_id).await;
+        self.ledger.check(credential_id, request.reserve, now)?;
         request.budget.acquire().await;
         let _global = self.global.acquire().await.expect("semaphore open");
         let host_permits = self.host_semaphore(&host);
@@ -436,12 +496,12 @@ impl UpstreamClient {
     /// same-origin redirects (after the endpoint policy check; never to another origin).
     pub async fn get<T: DeserializeOwned + Serialize>(&self, request: &Request<'_>) -> Result<Fetched<T>, ProviderError> {
         const MAX_REDIRECTS: usize = 3;
-        let key = Self::cache_key(&request.url, request.credential);
+        let key = self.cache_key(request);
         let cached = match request.json {
             Some(_) => None,
-            None => self.cache.get_response(&key).await,
+            None => self.cache.get_response(&key, &format!("{}/{}", request.scope.namespace, request.scope.binding)).await,
         };
-        let fingerprint = &request.credential.fingerprint;
+        let credential_id = &self.credential_id(request.credential);
         let mut url = request.url.clone();
         for _ in 0..=MAX_REDIRECTS {
             let response = self.send(request, &url, cached.as_ref()).await?;
@@ -462,13 +522,13 @@ impl UpstreamClient {
                 if status == 403 && message.to_ascii_lowercase().contains("rate limit") {
                     return self.rate_limited(request, &observed, status, now).await;
                 }
-                let entry = self.ledger.record(fingerprint, &observed, false);
-                self.persist_ledger(request.provider, fingerprint, &entry).await;
+                let entry = self.ledger.record(credential_id, &observed, false);
+                self.persist_ledger(request, credential_id, &entry).await;
                 self.breaker_result(&host, false, now);
                 return Err(ProviderError::Unavailable { url: redact(&url), status, message });
             }
-            let entry = self.ledger.record(fingerprint, &observed, matches!(class, Class::Fresh | Class::NotModified));
-            self.persist_ledger(request.provider, fingerprint, &entry).await;
+            let entry = self.ledger.record(credential_id, &observed, matches!(class, Class::Fresh | Class::NotModified));
+            self.persist_ledger(request, credential_id, &entry).await;
             self.breaker_result(&host, class == Class::ServerError, now);
             match class {
                 Class::NotModified => {
@@ -490,7 +550,8 @@ impl UpstreamClient {
                     if request.json.is_none() && (etag.is_some() || last_modified.is_some()) {
                         let extracted = serde_json::to_string(&body).expect("an extracted page serializes");
                         let stored = CachedResponse { etag, last_modified, body: extracted, paging: paging.clone() };
-                        self.cache.put_response(&key, stored).await;
+                        let owner = format!("{}/{}", request.scope.namespace, request.scope.binding);
+                        self.cache.put_response(&key, stored, &owner).await;
                     }
                     return Ok(Fetched { body, not_modified: false, paging });
                 }
@@ -531,9 +592,9 @@ impl UpstreamClient {
         status: u16,
         now: Timestamp,
     ) -> Result<T, ProviderError> {
-        let fingerprint = &request.credential.fingerprint;
-        let entry = self.ledger.block(fingerprint, observed, now);
-        self.persist_ledger(request.provider, fingerprint, &entry).await;
+        let credential_id = &self.credential_id(request.credential);
+        let entry = self.ledger.block(credential_id, observed, now);
+        self.persist_ledger(request, credential_id, &entry).await;
         let until = entry.blocked_until.unwrap_or(now);
         let why = if observed.remaining == Some(0) {
             "the quota is used up"
@@ -545,15 +606,16 @@ impl UpstreamClient {
         Err(ProviderError::RateLimited { until, why: format!("HTTP {status}: {why}") })
     }
 
-    async fn persist_ledger(&self, provider: &'static str, fingerprint: &str, entry: &ledger::LedgerEntry) {
-        let labels = CredentialLabels { provider, credential: fingerprint.to_string() };
+    async fn persist_ledger(&self, request: &Request<'_>, credential_id: &str, entry: &ledger::LedgerEntry) {
+        let secret = format!("{}/{}", request.scope.namespace, request.scope.secret);
+        let labels = CredentialLabels { provider: request.provider, secret };
         if let Some(remaining) = entry.remaining {
             self.metrics.remaining.get_or_create(&labels).set(remaining);
         }
         if let Some(limit) = entry.limit {
             self.metrics.limit.get_or_create(&labels).set(limit);
         }
-        self.cache.put_ledger(fingerprint, entry).await;
+        self.cache.put_ledger(credential_id, entry).await;
     }
 
     /// Reads a body of at most `cap` bytes as the chunks it arrived in.

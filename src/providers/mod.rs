@@ -107,18 +107,18 @@ impl ProviderError {
     }
 }
 
-/// How a provider authenticates, built from the Secret's value.
+/// How a provider authenticates, built from the Secret's value. It has no printable
+/// name: the ledger and the cache key it by a keyed digest ([`http::CacheKey`]), metrics by
+/// the Secret's name.
 #[derive(Clone)]
 pub struct Credential {
     /// Full header value (e.g. "Bearer …"); never logged.
     header: (::http::HeaderName, ::http::HeaderValue),
-    /// Short, stable, non-reversible name of the token: labels, ledger keys, cache keys.
-    pub fingerprint: String,
 }
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential").field("fingerprint", &self.fingerprint).finish_non_exhaustive()
+        f.debug_struct("Credential").finish_non_exhaustive()
     }
 }
 
@@ -140,7 +140,7 @@ impl Credential {
         let mut value = ::http::HeaderValue::from_str(&value)
             .map_err(|_| ProviderError::Config("the token contains characters that cannot be sent in a header".into()))?;
         value.set_sensitive(true);
-        Ok(Self { header: (name, value), fingerprint: fingerprint(token) })
+        Ok(Self { header: (name, value) })
     }
 
     pub fn header(&self) -> (&::http::HeaderName, &::http::HeaderValue) {
@@ -148,11 +148,13 @@ impl Credential {
     }
 }
 
-/// First 12 hex digits of SHA-256 of the token: enough to tell tokens apart, useless to an attacker.
-pub fn fingerprint(token: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+/// Whose poll this is: the binding (cache entries are scoped to its namespace and removed
+/// with it) and the Secret its token came from (the name metrics use).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scope<'a> {
+    pub namespace: &'a str,
+    pub binding: &'a str,
+    pub secret: &'a str,
 }
 
 /// Everything a provider needs for one poll.
@@ -164,6 +166,7 @@ pub struct PollRequest<'a> {
     pub reserve: i64,
     /// Per-minute cap for this binding (spec.rateLimit.maxRequestsPerMinute).
     pub budget: &'a Budget,
+    pub scope: Scope<'a>,
 }
 
 impl PollRequest<'_> {
@@ -177,6 +180,7 @@ impl PollRequest<'_> {
             budget: self.budget,
             extra_headers,
             json: None,
+            scope: self.scope,
         }
     }
 }
