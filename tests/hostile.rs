@@ -16,7 +16,7 @@ use fakes::{Hostile, Mode, Shared};
 use hyperpage::api::ToolBindingSpec;
 use hyperpage::api::conditions::{DEGRADED, DesiredCondition, READY};
 use hyperpage::engine::cache::{Cache, CacheMetrics};
-use hyperpage::engine::status::{SyncRecord, compose};
+use hyperpage::engine::status::{LastPoll, SyncRecord, compose};
 use hyperpage::providers::http::ClientConfig;
 use hyperpage::providers::{self, Budget, Credential, PollRequest, ProviderError, Snapshot};
 use std::collections::BTreeMap;
@@ -73,7 +73,7 @@ fn degraded(error: &ProviderError) -> DesiredCondition {
         DesiredCondition::new(READY, true, "Configured", "ok"),
         DesiredCondition::new(hyperpage::api::conditions::CREDENTIALS_VALID, true, "SecretFound", "ok"),
     ];
-    compose(valid, Some(&record), false).into_iter().find(|c| c.type_ == DEGRADED).unwrap()
+    compose(valid, LastPoll::Fresh(&record), false).into_iter().find(|c| c.type_ == DEGRADED).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,8 +176,11 @@ impl Engine {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut was_fallback = self.cache.in_fallback();
+        let mut polls = tokio::task::JoinSet::new();
         loop {
             tick.tick().await;
+            // Reap finished polls (their results are already recorded).
+            while polls.try_join_next().is_some() {}
             let now = Instant::now();
             let fallback = self.cache.in_fallback();
             let current = bindings.state();
@@ -213,7 +216,9 @@ impl Engine {
                 }
                 let engine = self.clone();
                 let wake = wake.clone();
-                tokio::spawn(async move {
+                // Owned by this run: when leadership is lost and the run is dropped, every
+                // poll in flight is cancelled (no quota spent, no cache written, by a deposed leader).
+                polls.spawn(async move {
                     let _permit = engine.permits.clone().acquire_owned().await;
                     let record = engine.poll_once(&binding).await;
                     let next = match &record.error {

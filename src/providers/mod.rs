@@ -91,6 +91,19 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// Every reason [`ProviderError::reason`] gives.
+    pub const REASONS: [&'static str; 9] = [
+        "CredentialsRejected",
+        "RateLimited",
+        "EndpointRefused",
+        "UpstreamError",
+        "CapabilityUnavailable",
+        "NotFound",
+        "MalformedResponse",
+        "CircuitOpen",
+        "InvalidSpec",
+    ];
+
     /// The condition reason this error shows as.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -330,3 +343,26 @@ pub(crate) fn item(id: String, title: &str, url: &str, state: Option<&str>, auth
 
 /// Default wait when a provider signals a limit without saying for how long.
 pub const SECONDARY_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_reason_is_listed() {
+        let now = jiff::Timestamp::now();
+        let errors = [
+            ProviderError::CredentialsRejected { provider: "github", status: 401 },
+            ProviderError::RateLimited { until: now, why: String::new() },
+            ProviderError::EndpointRefused(String::new()),
+            ProviderError::Upstream { url: String::new(), reason: String::new() },
+            ProviderError::Unavailable { url: String::new(), status: 403, message: String::new() },
+            ProviderError::NotFound { url: String::new() },
+            ProviderError::Malformed { url: String::new(), reason: String::new() },
+            ProviderError::CircuitOpen { host: String::new(), until: now },
+            ProviderError::Config(String::new()),
+        ];
+        let reasons: Vec<&str> = errors.iter().map(ProviderError::reason).collect();
+        assert_eq!(reasons, ProviderError::REASONS);
+    }
+}
