@@ -7,6 +7,7 @@ use hyperpage::lease::LeaseConfig;
 use hyperpage::operator::policy::{IngressPolicy, Policy, image_repository};
 use hyperpage::operator::{OperatorConfig, children::BuildConfig};
 use hyperpage::portal::PortalConfig;
+use hyperpage::providers::http::CacheKey;
 use hyperpage::providers::http::ClientConfig;
 use hyperpage::providers::safety::{Cidr, EndpointPolicy};
 use std::net::SocketAddr;
@@ -111,6 +112,12 @@ struct OperatorArgs {
     /// hold a password; it is never logged). In-process cache when unset.
     #[arg(long, env = "HYPERPAGE_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+
+    /// File holding the per-install key of the engine's cache digests (the chart mounts it
+    /// from a Secret it creates). `HYPERPAGE_CACHE_KEY` may hold the key itself. Without
+    /// either, a random key per process: a new leader cannot use what Redis holds.
+    #[arg(long, env = "HYPERPAGE_CACHE_KEY_FILE")]
+    cache_key_file: Option<std::path::PathBuf>,
 
     /// Prefix of every Redis key the engine writes.
     #[arg(long, env = "HYPERPAGE_REDIS_PREFIX", default_value = "hyperpage")]
@@ -338,10 +345,27 @@ async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Erro
             .filter(|c| !c.trim().is_empty())
             .map(|c| c.parse::<Cidr>().map_err(|e| format!("failed to parse --allow-private-cidrs: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let cache_key = match (&args.cache_key_file, std::env::var("HYPERPAGE_CACHE_KEY").ok().filter(|k| !k.is_empty())) {
+            (Some(path), _) => {
+                let key = std::fs::read(path).map_err(|e| format!("failed to read --cache-key-file {}: {e}", path.display()))?;
+                if key.trim_ascii().len() < 16 {
+                    return Err(format!("failed to use --cache-key-file {}: the key must be at least 16 bytes", path.display()).into());
+                }
+                CacheKey::new(key.trim_ascii())
+            }
+            (None, Some(key)) => CacheKey::new(key.as_bytes()),
+            (None, None) => {
+                if args.redis_url.is_some() {
+                    tracing::warn!("no --cache-key-file: a random cache key, so a new leader starts without the Redis cache");
+                }
+                CacheKey::random()
+            }
+        };
         let client = ClientConfig {
             timeout: args.upstream_timeout,
             policy: EndpointPolicy { allowed, allow_http: args.allow_insecure_http },
             proxy: args.upstream_proxy,
+            cache_key,
             ..ClientConfig::default()
         };
         Some(EngineConfig { redis_url: args.redis_url, redis_prefix: args.redis_prefix, client, concurrency: args.poll_concurrency.max(1) })

@@ -5,6 +5,7 @@ mod fakes;
 use fakes::github::{self, Github, Repo};
 use fakes::{Mode, loopback_client};
 use hyperpage::api::ToolBindingSpec;
+use hyperpage::api::toolbinding::{Capability, GapKind};
 use hyperpage::engine::cache::{Cache, CacheMetrics};
 use hyperpage::providers::http::{ClientConfig, UpstreamClient, UpstreamMetrics};
 use hyperpage::providers::{self, Budget, Credential, PollRequest, ProviderError};
@@ -35,15 +36,30 @@ fn repo() -> BTreeMap<String, Repo> {
         github::run(2, 10, "build", "failure", "2026-11-21T10:00:00Z"),
         github::run(3, 20, "deploy", "success", "2026-11-21T11:00:00Z"),
     ];
-    BTreeMap::from([(name.to_string(), Repo { default_branch: "main".into(), pulls, issues, runs })])
+    BTreeMap::from([(name.to_string(), Repo { pulls, issues, runs, ..Repo::default() })])
 }
 
 async fn poll(client: &UpstreamClient, fake: &Github, reserve: i64) -> Result<providers::Snapshot, ProviderError> {
-    let spec = github_spec();
+    poll_spec(client, fake, reserve, &github_spec()).await
+}
+
+async fn poll_spec(
+    client: &UpstreamClient,
+    fake: &Github,
+    reserve: i64,
+    spec: &ToolBindingSpec,
+) -> Result<providers::Snapshot, ProviderError> {
+    let spec = spec.clone();
     let credential = Credential::new(spec.provider, TOKEN).unwrap();
     let budget = Budget::new(None);
-    let request =
-        PollRequest { spec: &spec, endpoint: url::Url::parse(&fake.url()).unwrap(), credential: &credential, reserve, budget: &budget };
+    let request = PollRequest {
+        spec: &spec,
+        endpoint: url::Url::parse(&fake.url()).unwrap(),
+        credential: &credential,
+        reserve,
+        budget: &budget,
+        scope: Default::default(),
+    };
     providers::poll(client, &request).await
 }
 
@@ -58,7 +74,7 @@ async fn github_lists_paginate_count_and_never_search() {
     assert_eq!(snapshot.items.code_reviews.len(), providers::MAX_ITEMS, "items are bounded");
     let seen = fake.shared.requests();
     assert!(seen.iter().all(|s| !s.path.starts_with("/search")), "no search API");
-    assert!(seen.iter().any(|s| s.query.contains("page=2")), "followed the Link header");
+    assert!(seen.iter().any(|s| s.path.ends_with("/issues") && s.query.contains("page=2")), "followed the Link header");
     assert!(seen.iter().all(|s| s.authorization.as_deref() == Some(&format!("Bearer {TOKEN}")[..])));
 }
 
@@ -75,10 +91,7 @@ async fn unchanged_data_comes_back_as_free_304s() {
     assert!(!seen.is_empty());
     assert!(seen.iter().all(|s| s.if_none_match.is_some() && s.status == 304), "conditional requests: {seen:?}");
     assert_eq!(fake.shared.quota.lock().unwrap().remaining, remaining, "a 304 costs no quota");
-    assert_eq!(
-        client.ledger.get(&Credential::new(hyperpage::api::Provider::Github, TOKEN).unwrap().fingerprint).unwrap().remaining,
-        Some(remaining)
-    );
+    assert_eq!(client.ledger_entry(&Credential::new(hyperpage::api::Provider::Github, TOKEN).unwrap()).unwrap().remaining, Some(remaining));
 }
 
 #[tokio::test]
@@ -191,4 +204,150 @@ async fn max_requests_per_minute_spaces_requests() {
     }
     // 600 at once from the full bucket, then 10 more at 10 per second.
     assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+}
+
+fn client() -> UpstreamClient {
+    loopback_client(ClientConfig::default(), Cache::memory(CacheMetrics::default()))
+}
+
+fn one_repo(repo: Repo) -> BTreeMap<String, Repo> {
+    BTreeMap::from([("acme/api".to_string(), repo)])
+}
+
+/// Item 1: GitHub Enterprise behind another name writes its public name into `Link`; the
+/// next page is read on the address the binding names, and nothing goes to the other name.
+#[tokio::test]
+async fn github_links_on_another_name_are_followed_on_the_request_origin() {
+    let name = "acme/api";
+    let pulls: Vec<_> = (1..=150).map(|n| github::pull(name, n, "change")).collect();
+    let mut issues: Vec<_> = (900..903).map(|n| github::issue(name, n, "old bug", false)).collect();
+    for i in &mut issues {
+        i["updated_at"] = "2026-10-01T10:00:00Z".into();
+    }
+    let fake = Github::start(one_repo(Repo { pulls, issues, ..Repo::default() })).await;
+    let decoy = Github::start(BTreeMap::new()).await;
+    *fake.public_url.lock().unwrap() = decoy.url();
+    let snapshot = poll(&client(), &fake, 0).await.unwrap();
+    assert_eq!(snapshot.summary.tickets, 3);
+    assert_eq!(snapshot.items.tickets.len(), 3, "the issues on page 2 were read: {:?}", snapshot.items.tickets);
+    assert!(fake.shared.requests().iter().any(|s| s.path == "/repos/acme/api/issues" && s.param("page").as_deref() == Some("2")));
+    assert!(decoy.shared.requests().is_empty(), "nothing (and no token) went to the other origin");
+}
+
+/// Item 2: issues switched off (410) make tickets "n/a"; pull requests and pipelines stand.
+#[tokio::test]
+async fn github_disabled_issues_are_not_applicable_and_the_rest_stands() {
+    let mut repos = repo();
+    repos.get_mut("acme/api").unwrap().issues_enabled = false;
+    let fake = Github::start(repos).await;
+    let snapshot = poll(&client(), &fake, 0).await.unwrap();
+    assert_eq!(snapshot.summary.code_reviews, 130);
+    assert_eq!((snapshot.summary.pipelines, snapshot.summary.failing_pipelines), (2, 1));
+    let gap = snapshot.summary.gaps.iter().find(|g| g.capability == Capability::Tickets).expect("tickets marked");
+    assert_eq!(gap.kind, GapKind::Unavailable);
+    assert!(gap.reason.contains("HTTP 410") && gap.reason.contains("Issues are disabled for this repo"), "{}", gap.reason);
+    assert_eq!(snapshot.summary.tickets, 0);
+}
+
+/// Item 4: counts are exact past ten pages, read from `rel="last"` of a `per_page=1` list
+/// and the repository's `open_issues_count`; only the shown items are read.
+#[tokio::test]
+async fn github_totals_are_exact_beyond_ten_pages() {
+    let name = "acme/api";
+    let pulls: Vec<_> = (1..=1500).map(|n| github::pull(name, n, "change")).collect();
+    let issues: Vec<_> = (5000..5007).map(|n| github::issue(name, n, "bug", false)).collect();
+    let fake = Github::start(one_repo(Repo { pulls, issues, ..Repo::default() })).await;
+    let snapshot = poll(&client(), &fake, 0).await.unwrap();
+    assert_eq!(snapshot.summary.code_reviews, 1500, "not capped at 1,000");
+    assert_eq!(snapshot.summary.tickets, 7, "open_issues_count minus the open pull requests");
+    assert_eq!(snapshot.items.code_reviews.len(), providers::MAX_ITEMS);
+    let seen = fake.shared.requests();
+    assert_eq!(seen.iter().filter(|s| s.path.ends_with("/pulls")).count(), 2, "one page of items and one per_page=1 count");
+    assert!(seen.iter().filter(|s| s.path.ends_with("/issues")).count() <= 3, "issue pages are bounded");
+}
+
+/// Items 5 and 9: a fork's pull-request run on its own `main` does not turn the pipeline red;
+/// a quiet workflow is still read when another one ran 60 times since; a run in progress
+/// does not hide the failure before it.
+#[tokio::test]
+async fn github_pipelines_ignore_fork_runs_keep_quiet_workflows_and_see_past_running_runs() {
+    let mut runs = vec![github::run(1, 20, "deploy", "success", "2026-11-01T10:00:00Z")];
+    runs.extend((0..60).map(|n| github::run(100 + n, 10, "build", "success", &format!("2026-11-02T10:{:02}:00Z", n))));
+    runs.push(github::fork_run(200, 10, "build", "failure", "2026-11-03T10:00:00Z"));
+    runs.push(github::run(300, 30, "test", "failure", "2026-11-03T10:00:00Z"));
+    runs.push(github::running(301, 30, "test", "2026-11-03T11:00:00Z"));
+    let fake = Github::start(one_repo(Repo { runs, ..Repo::default() })).await;
+    let snapshot = poll(&client(), &fake, 0).await.unwrap();
+    assert_eq!(snapshot.summary.pipelines, 3, "build, deploy and test: {:?}", snapshot.items.pipelines);
+    assert_eq!(snapshot.summary.failing_pipelines, 1, "only test failed (its newest run is still running)");
+    let test = snapshot.items.pipelines.iter().find(|p| p.id == "acme/api/test").unwrap();
+    assert_eq!(test.state.as_deref(), Some("failure"));
+    let seen = fake.shared.requests();
+    assert!(seen.iter().filter(|s| s.path.ends_with("/runs")).all(|s| s.param("event").as_deref() == Some("push")));
+}
+
+/// Item 5: the branch is percent-encoded (a `+` is not a space, a `/` stays in the value).
+#[tokio::test]
+async fn github_branch_names_are_percent_encoded() {
+    let branch = "release/2026 q4+hotfix";
+    let mut run = github::run(1, 10, "build", "failure", "2026-11-01T10:00:00Z");
+    run["head_branch"] = branch.into();
+    let fake = Github::start(one_repo(Repo { default_branch: branch.into(), runs: vec![run], ..Repo::default() })).await;
+    let snapshot = poll(&client(), &fake, 0).await.unwrap();
+    assert_eq!((snapshot.summary.pipelines, snapshot.summary.failing_pipelines), (1, 1));
+    assert!(fake.shared.requests().iter().any(|s| s.param("branch").as_deref() == Some(branch)));
+}
+
+/// Item 7: a renamed repository answers 301; the client follows it on the same origin, and
+/// refuses to carry the token to another one.
+#[tokio::test]
+async fn github_renamed_repositories_are_followed_on_the_same_origin_only() {
+    let fake = Github::start(repo()).await;
+    fake.renamed.lock().unwrap().insert("acme/old-name".into(), "acme/api".into());
+    let spec = spec(
+        "workspaceRef: {name: w}\nprovider: github\ncredentialsSecretRef: {name: s, key: k}\ngithub: {repositories: [acme/old-name]}\n",
+    );
+    let client = client();
+    let snapshot = poll_spec(&client, &fake, 0, &spec).await.unwrap();
+    assert_eq!(snapshot.summary.code_reviews, 130);
+    let seen = fake.shared.requests();
+    assert!(seen.iter().any(|s| s.status == 301) && seen.iter().any(|s| s.path.starts_with("/repositories/1/")), "{seen:?}");
+
+    let decoy = Github::start(repo()).await;
+    *fake.public_url.lock().unwrap() = decoy.url();
+    let error =
+        poll_spec(&loopback_client(ClientConfig::default(), Cache::memory(CacheMetrics::default())), &fake, 0, &spec).await.unwrap_err();
+    assert!(error.to_string().contains("another origin"), "{error}");
+    assert!(decoy.shared.requests().is_empty(), "the token never went to the other origin");
+}
+
+/// Item 10: exactly one `Accept`, GitHub's media type.
+#[tokio::test]
+async fn github_receives_one_accept_header() {
+    let fake = Github::start(repo()).await;
+    poll(&client(), &fake, 0).await.unwrap();
+    for seen in fake.shared.requests() {
+        let accepts: Vec<_> = seen.headers.get_all("accept").iter().collect();
+        assert_eq!(accepts, ["application/vnd.github+json"], "{}", seen.path);
+    }
+}
+
+/// Cache keys are keyed digests over namespace, URL and credential: the same URL and token
+/// in another namespace never gets this namespace's validators (no cross-tenant 304).
+#[tokio::test]
+async fn cache_entries_are_not_shared_across_namespaces() {
+    let fake = Github::start(repo()).await;
+    let client = client();
+    let spec = github_spec();
+    let credential = Credential::new(spec.provider, TOKEN).unwrap();
+    let budget = Budget::new(None);
+    let endpoint = url::Url::parse(&fake.url()).unwrap();
+    for (namespace, conditional) in [("team-a", false), ("team-a", true), ("team-b", false)] {
+        fake.shared.clear();
+        let scope = providers::Scope { namespace, binding: "github", secret: "token" };
+        let request = PollRequest { spec: &spec, endpoint: endpoint.clone(), credential: &credential, reserve: 0, budget: &budget, scope };
+        providers::poll(&client, &request).await.unwrap();
+        let seen = fake.shared.requests();
+        assert!(seen.iter().all(|s| s.if_none_match.is_some() == conditional), "{namespace}: {seen:?}");
+    }
 }

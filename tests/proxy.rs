@@ -11,7 +11,7 @@ use hyperpage::api::Provider;
 use hyperpage::engine::cache::{Cache, CacheMetrics};
 use hyperpage::providers::http::{ClientConfig, Request, UpstreamClient, UpstreamMetrics};
 use hyperpage::providers::safety::EndpointPolicy;
-use hyperpage::providers::{Budget, Credential, ProviderError};
+use hyperpage::providers::{Budget, Credential, ProviderError, Scope};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -81,8 +81,10 @@ async fn get(client: &UpstreamClient, url: &str) -> Result<serde_json::Value, Pr
         reserve: 0,
         budget: &budget,
         extra_headers: &[],
+        json: None,
+        scope: Scope { namespace: "team-a", binding: "proxied", secret: "token" },
     };
-    client.get_json(&request).await.map(|f| f.body)
+    client.get::<serde_json::Value>(&request).await.map(|f| f.body)
 }
 
 #[tokio::test]

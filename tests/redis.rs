@@ -7,7 +7,7 @@ mod fakes;
 use fakes::github::{self, Github, Repo};
 use hyperpage::api::{Provider, ToolBindingSpec};
 use hyperpage::engine::cache::{Cache, CacheMetrics};
-use hyperpage::providers::http::{ClientConfig, UpstreamClient};
+use hyperpage::providers::http::{CacheKey, ClientConfig, UpstreamClient};
 use hyperpage::providers::{self, Budget, Credential, PollRequest};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -61,8 +61,9 @@ impl Drop for RedisServer {
 
 const TOKEN: &str = "ghp_redisTestToken";
 
+/// The install's key, as the chart's Secret gives every replica the same one.
 fn client(cache: Cache) -> UpstreamClient {
-    fakes::loopback_client(ClientConfig::default(), cache)
+    fakes::loopback_client(ClientConfig { cache_key: CacheKey::new(b"test-install-key-0123456789"), ..ClientConfig::default() }, cache)
 }
 
 fn repos() -> BTreeMap<String, Repo> {
@@ -72,6 +73,7 @@ fn repos() -> BTreeMap<String, Repo> {
         pulls: (1..=40).map(|n| github::pull(name, n, "change")).collect(),
         issues: vec![github::issue(name, 100, "bug", false)],
         runs: vec![github::run(1, 1, "build", "success", "2026-11-20T10:00:00Z")],
+        ..Repo::default()
     };
     BTreeMap::from([(name.to_string(), repo)])
 }
@@ -83,8 +85,14 @@ async fn poll(client: &UpstreamClient, fake: &Github) -> providers::Snapshot {
     .unwrap();
     let credential = Credential::new(Provider::Github, TOKEN).unwrap();
     let budget = Budget::new(None);
-    let request =
-        PollRequest { spec: &spec, endpoint: url::Url::parse(&fake.url()).unwrap(), credential: &credential, reserve: 0, budget: &budget };
+    let request = PollRequest {
+        spec: &spec,
+        endpoint: url::Url::parse(&fake.url()).unwrap(),
+        credential: &credential,
+        reserve: 0,
+        budget: &budget,
+        scope: Default::default(),
+    };
     providers::poll(client, &request).await.unwrap()
 }
 
@@ -108,8 +116,8 @@ async fn a_restarted_operator_starts_warm_and_spends_no_quota() {
     let seen = fake.shared.requests();
     assert!(!seen.is_empty() && seen.iter().all(|s| s.status == 304), "only 304s after a restart: {seen:?}");
     assert_eq!(fake.shared.quota.lock().unwrap().remaining, quota_after_first, "no quota spent");
-    let fingerprint = Credential::new(Provider::Github, TOKEN).unwrap().fingerprint;
-    assert_eq!(second.ledger.get(&fingerprint).and_then(|e| e.limit), Some(5000), "the ledger came from Redis too");
+    let credential = Credential::new(Provider::Github, TOKEN).unwrap();
+    assert_eq!(second.ledger_entry(&credential).and_then(|e| e.limit), Some(5000), "the ledger came from Redis too");
 }
 
 #[tokio::test]
@@ -132,14 +140,12 @@ async fn a_redis_outage_falls_back_to_memory_and_recovers() {
     assert!(fake.shared.requests().iter().all(|s| s.status == 304), "the memory copy still serves ETags");
 
     let _redis = RedisServer::start_on(port);
-    let watcher = tokio::spawn(cache.clone().watch_redis());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while cache.in_fallback() {
         assert!(tokio::time::Instant::now() < deadline, "reconnected to Redis");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(metrics.redis_fallback.get(), 0);
-    watcher.abort();
 }
 
 /// A redis-server speaking only TLS (with a password) on a free loopback port, with a CA and

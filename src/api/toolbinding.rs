@@ -164,6 +164,21 @@ pub struct JiraSpec {
     /// JQL selecting the tickets to show, e.g. `project = PAY AND statusCategory != Done`.
     #[schemars(length(min = 1, max = 2000))]
     pub jql: String,
+    /// `cloud` (Atlassian's REST v3 enhanced search), `dataCenter` (Server/Data Center REST
+    /// v2), or `auto` (the default): Cloud for `*.atlassian.net` and
+    /// `api.atlassian.com/ex/jira/{cloudId}`, Data Center otherwise.
+    #[serde(default)]
+    pub deployment: JiraDeployment,
+}
+
+/// Which Jira the endpoint is.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum JiraDeployment {
+    #[default]
+    Auto,
+    Cloud,
+    DataCenter,
 }
 
 /// Jenkins jobs to follow.
@@ -268,6 +283,37 @@ pub struct ToolSummary {
     /// Of those, how many have critical vulnerabilities.
     #[serde(default)]
     pub vulnerable_artifacts: i64,
+    /// Counts that are not exact: a capability the upstream does not offer for this
+    /// binding (its count is "n/a"), or a total the upstream only estimates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<CountGap>,
+}
+
+/// A count in the summary that is not an exact number, and why.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CountGap {
+    /// codeReviews, pipelines, tickets or artifacts.
+    pub capability: Capability,
+    /// Unavailable (the count means nothing: "n/a") or Estimated (approximate or a lower bound).
+    pub kind: GapKind,
+    /// What the upstream said, for a person.
+    pub reason: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Capability {
+    CodeReviews,
+    Pipelines,
+    Tickets,
+    Artifacts,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum GapKind {
+    Unavailable,
+    Estimated,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]

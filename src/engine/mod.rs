@@ -13,7 +13,7 @@ use crate::api::duration::{self, DEFAULT_REFRESH_INTERVAL};
 use crate::api::toolbinding::RateLimitStatus;
 use crate::api::{ToolBinding, Workspace};
 use crate::providers::http::{ClientConfig, UpstreamClient, UpstreamMetrics};
-use crate::providers::{self, Budget, Credential, PollRequest, ProviderError, credential};
+use crate::providers::{self, Budget, Credential, PollRequest, ProviderError, Scope, credential};
 use cache::{Cache, CacheMetrics};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -66,12 +66,12 @@ impl EngineMetrics {
         );
         registry.register(
             "ratelimit_remaining",
-            "Requests left in the current window, per provider and credential fingerprint",
+            "Requests left in the current window, per provider and Secret (namespace/name) holding the token",
             metrics.upstream.remaining.clone(),
         );
         registry.register(
             "ratelimit_limit",
-            "Requests allowed per window, per provider and credential fingerprint",
+            "Requests allowed per window, per provider and Secret (namespace/name) holding the token",
             metrics.upstream.limit.clone(),
         );
         registry.register("poll_duration_seconds", "Time one poll of one binding took", metrics.poll_duration.clone());
@@ -171,13 +171,14 @@ impl Engine {
         workspaces: Store<Workspace>,
         wake: mpsc::Sender<ObjectRef<ToolBinding>>,
     ) {
-        let cache = self.cache.clone();
-        tokio::spawn(cache.watch_redis());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut was_fallback = self.cache.in_fallback();
+        let mut polls = tokio::task::JoinSet::new();
         loop {
             tick.tick().await;
+            // Reap finished polls (their results are already recorded).
+            while polls.try_join_next().is_some() {}
             let now = Instant::now();
             let fallback = self.cache.in_fallback();
             let current = bindings.state();
@@ -213,7 +214,9 @@ impl Engine {
                 }
                 let engine = self.clone();
                 let wake = wake.clone();
-                tokio::spawn(async move {
+                // Owned by this run: when leadership is lost and the run is dropped, every
+                // poll in flight is cancelled (no quota spent, no cache written, by a deposed leader).
+                polls.spawn(async move {
                     let _permit = engine.permits.clone().acquire_owned().await;
                     let record = engine.poll_once(&binding).await;
                     let next = match &record.error {
@@ -241,11 +244,20 @@ impl Engine {
         }
     }
 
-    /// Drops what the engine kept about bindings that no longer exist.
+    /// Drops what the engine kept about bindings that no longer exist: their state, their
+    /// metric series and their cache entries.
     fn forget_deleted(&self, known: &HashSet<ObjectRef<ToolBinding>>) {
+        let gone: Vec<ObjectRef<ToolBinding>> =
+            self.schedule.lock().expect("schedule lock").keys().filter(|k| !known.contains(*k)).cloned().collect();
         retain_known(&mut self.records.lock().expect("records lock"), known);
         retain_known(&mut self.schedule.lock().expect("schedule lock"), known);
         retain_known(&mut self.budgets.lock().expect("budgets lock"), known);
+        for binding in gone {
+            let namespace = binding.namespace.clone().unwrap_or_default();
+            self.metrics.degraded.remove(&BindingLabels { namespace: namespace.clone(), name: binding.name.clone() });
+            let cache = self.cache.clone();
+            tokio::spawn(async move { cache.forget(&format!("{namespace}/{}", binding.name)).await });
+        }
     }
 
     /// One poll: read the token, check the endpoint, ask the provider.
@@ -305,15 +317,17 @@ impl Engine {
             }
             budget.clone()
         };
+        let name = binding.name_any();
         let request = PollRequest {
             spec: &binding.spec,
             endpoint,
             credential: &credential,
             reserve: i64::from(rate.min_remaining.unwrap_or(0)),
             budget: &budget,
+            scope: Scope { namespace: &target.namespace, binding: &name, secret: &target.secret },
         };
         let result = providers::poll(&self.client, &request).await;
-        let rate_limit = self.client.ledger.get(&credential.fingerprint).map(|e| RateLimitStatus {
+        let rate_limit = self.client.ledger_entry(&credential).map(|e| RateLimitStatus {
             limit: e.limit,
             remaining: e.remaining,
             reset_at: e.reset_at.map(Time),

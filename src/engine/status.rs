@@ -1,10 +1,11 @@
 //! Status composition (pure): validation conditions + the engine's last poll → ToolBinding
 //! conditions and data. Stale data is kept and marked, never dropped.
 
-use crate::api::conditions::{CREDENTIALS_VALID, DEGRADED, DesiredCondition, RATE_LIMITED, READY, SYNCED};
+use crate::api::ToolBinding;
+use crate::api::conditions::{self, CREDENTIALS_VALID, DEGRADED, DesiredCondition, RATE_LIMITED, READY, SYNCED};
 use crate::api::toolbinding::RateLimitStatus;
 use crate::providers::{ProviderError, Snapshot};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// The outcome of the newest poll of one binding, and the last good data.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,6 +17,62 @@ pub struct SyncRecord {
     pub rate_limit: Option<RateLimitStatus>,
     /// Whether the newest poll found the same data as the one before.
     pub unchanged: bool,
+}
+
+/// What is known of a binding's newest poll.
+#[derive(Clone, Copy, Debug)]
+pub enum LastPoll<'a> {
+    /// Polled in this leadership term.
+    Fresh(&'a SyncRecord),
+    /// Polled by an earlier leader, for the current generation: its conditions, as status
+    /// holds them. A new leader takes over from them instead of flipping to SyncPending.
+    Carried(&'a [Condition]),
+    /// Never polled (or the spec changed since).
+    None,
+}
+
+impl<'a> LastPoll<'a> {
+    /// The engine's record when there is one, else what status says about the current
+    /// generation.
+    pub fn of(record: Option<&'a SyncRecord>, binding: &'a ToolBinding) -> Self {
+        if let Some(record) = record {
+            return LastPoll::Fresh(record);
+        }
+        let Some(status) = binding.status.as_ref() else { return LastPoll::None };
+        let current = status.observed_generation == binding.metadata.generation && status.last_sync_time.is_some();
+        match conditions::find(&status.conditions, SYNCED) {
+            Some(synced) if current && synced.observed_generation == binding.metadata.generation => LastPoll::Carried(&status.conditions),
+            _ => LastPoll::None,
+        }
+    }
+}
+
+/// Every reason [`compose`] writes after a poll; status text maps back to these.
+fn known_reason(reason: &str) -> Option<&'static str> {
+    const OWN: [&str; 8] =
+        ["Synced", "Accepted", "Rejected", "WaitingForQuota", "RateLimited", "WithinLimits", "AsExpected", "CacheFallback"];
+    OWN.iter().chain(ProviderError::REASONS.iter()).find(|r| **r == reason).copied()
+}
+
+/// A poll's conditions as an earlier leader wrote them, or None when any is not one a poll
+/// produces (then the binding waits for its own poll). `CredentialsValid` is the validation's
+/// unless the poll itself set it.
+fn carried(previous: &[Condition], credentials: &DesiredCondition) -> Option<Vec<DesiredCondition>> {
+    [READY, CREDENTIALS_VALID, SYNCED, RATE_LIMITED, DEGRADED]
+        .into_iter()
+        .map(|type_| {
+            let c = conditions::find(previous, type_)?;
+            if type_ == CREDENTIALS_VALID && !matches!(c.reason.as_str(), "Accepted" | "Rejected") {
+                return Some(credentials.clone());
+            }
+            let status = match c.status.as_str() {
+                "True" => Some(true),
+                "False" => Some(false),
+                _ => return None,
+            };
+            Some(DesiredCondition { type_, status, reason: known_reason(&c.reason)?, message: c.message.clone() })
+        })
+        .collect()
 }
 
 /// What the engine contributes to a binding's status.
@@ -30,7 +87,7 @@ fn when(t: &Time) -> String {
 }
 
 /// `validation` is `[Ready, CredentialsValid]` from the binding check.
-pub fn compose(validation: Vec<DesiredCondition>, sync: Option<&SyncRecord>, cache_fallback: bool) -> Vec<DesiredCondition> {
+pub fn compose(validation: Vec<DesiredCondition>, last: LastPoll<'_>, cache_fallback: bool) -> Vec<DesiredCondition> {
     let mut ready = validation[0].clone();
     let mut credentials = validation[1].clone();
     if !ready.is_true() {
@@ -43,6 +100,16 @@ pub fn compose(validation: Vec<DesiredCondition>, sync: Option<&SyncRecord>, cac
             DesiredCondition::new(DEGRADED, false, "AsExpected", "nothing to report"),
         ];
     }
+    let sync = match last {
+        LastPoll::Fresh(record) => Some(record),
+        LastPoll::Carried(previous) => {
+            if let Some(conditions) = carried(previous, &credentials) {
+                return conditions;
+            }
+            None
+        }
+        LastPoll::None => None,
+    };
     let Some(sync) = sync else {
         return vec![
             DesiredCondition::unknown(READY, "SyncPending", "waiting for the first poll"),
@@ -123,14 +190,14 @@ mod tests {
 
     #[test]
     fn before_the_first_poll_ready_is_unknown() {
-        let c = compose(valid(), None, false);
+        let c = compose(valid(), LastPoll::None, false);
         assert_eq!((find(&c, READY).status, find(&c, READY).reason), (None, "SyncPending"));
     }
 
     #[test]
     fn a_failed_poll_keeps_data_and_says_since_when() {
         let err = ProviderError::Upstream { url: "https://api.github.com/repos/a/b/pulls".into(), reason: "HTTP 502".into() };
-        let c = compose(valid(), Some(&record(Some(err), true)), false);
+        let c = compose(valid(), LastPoll::Fresh(&record(Some(err), true)), false);
         assert_eq!((find(&c, SYNCED).status, find(&c, SYNCED).reason), (Some(false), "UpstreamError"));
         let degraded = find(&c, DEGRADED);
         assert_eq!(degraded.status, Some(true));
@@ -139,7 +206,11 @@ mod tests {
 
     #[test]
     fn a_rejected_token_flips_credentials_valid() {
-        let c = compose(valid(), Some(&record(Some(ProviderError::CredentialsRejected { provider: "github", status: 401 }), false)), false);
+        let c = compose(
+            valid(),
+            LastPoll::Fresh(&record(Some(ProviderError::CredentialsRejected { provider: "github", status: 401 }), false)),
+            false,
+        );
         assert_eq!((find(&c, CREDENTIALS_VALID).status, find(&c, CREDENTIALS_VALID).reason), (Some(false), "Rejected"));
         assert_eq!(find(&c, READY).status, Some(false));
     }
@@ -147,17 +218,43 @@ mod tests {
     #[test]
     fn a_quota_wait_is_rate_limited_not_failed() {
         let until: jiff::Timestamp = "2026-11-23T11:00:00Z".parse().unwrap();
-        let c = compose(valid(), Some(&record(Some(ProviderError::RateLimited { until, why: "reserve".into() }), true)), false);
+        let c = compose(valid(), LastPoll::Fresh(&record(Some(ProviderError::RateLimited { until, why: "reserve".into() }), true)), false);
         assert_eq!(find(&c, RATE_LIMITED).status, Some(true));
         assert_eq!((find(&c, READY).status, find(&c, READY).reason), (Some(true), "WaitingForQuota"));
         assert_eq!(find(&c, DEGRADED).status, Some(false));
+    }
+
+    /// A new leader, with no poll of its own yet, writes what the last leader wrote.
+    #[test]
+    fn a_new_leader_carries_the_last_poll_over() {
+        let now = t("2026-11-23T10:00:00Z");
+        let mut binding: ToolBinding = serde_norway::from_str(include_str!("../../tests/fixtures/toolbinding-github.yaml")).unwrap();
+        binding.metadata.generation = Some(3);
+        let until: jiff::Timestamp = "2026-11-23T11:00:00Z".parse().unwrap();
+        for error in
+            [None, Some(ProviderError::RateLimited { until, why: "reserve".into() }), Some(ProviderError::NotFound { url: "u".into() })]
+        {
+            let written = compose(valid(), LastPoll::Fresh(&record(error.clone(), true)), false);
+            let status = crate::api::toolbinding::ToolBindingStatus {
+                observed_generation: Some(3),
+                conditions: conditions::merge(&[], &written, Some(3), &now),
+                last_sync_time: Some(now.clone()),
+                ..Default::default()
+            };
+            binding.status = Some(status);
+            let last = LastPoll::of(None, &binding);
+            assert!(matches!(last, LastPoll::Carried(_)), "{error:?}");
+            assert_eq!(compose(valid(), last, false), written, "{error:?}");
+        }
+        binding.metadata.generation = Some(4);
+        assert!(matches!(LastPoll::of(None, &binding), LastPoll::None), "a changed spec waits for its own poll");
     }
 
     #[test]
     fn invalid_bindings_are_not_polled() {
         let invalid =
             vec![D::new(READY, false, "SecretNotFound", "missing"), D::new(CREDENTIALS_VALID, false, "SecretNotFound", "missing")];
-        let c = compose(invalid, Some(&record(None, true)), false);
+        let c = compose(invalid, LastPoll::Fresh(&record(None, true)), false);
         assert_eq!(find(&c, READY).reason, "SecretNotFound");
         assert_eq!(find(&c, SYNCED).reason, "NotPolled");
     }

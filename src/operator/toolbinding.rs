@@ -9,7 +9,7 @@ use super::error::Error;
 use crate::api::conditions::{self, CREDENTIALS_VALID, DesiredCondition, RATE_LIMITED, READY, SYNCED};
 use crate::api::{ToolBinding, ToolBindingStatus, Workspace, duration};
 use crate::engine::Engine;
-use crate::engine::status::{SyncRecord, compose};
+use crate::engine::status::{LastPoll, SyncRecord, compose};
 use crate::providers::credential::{self, Problem, ReadError, Target};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
@@ -80,7 +80,7 @@ async fn reconcile_inner(binding: &ToolBinding, ctx: &Context) -> Result<Action,
     let previous = binding.status.clone().unwrap_or_default();
     let record = ctx.engine.as_ref().and_then(|engine| engine.record(&ObjectRef::from_obj(binding)));
     let desired = match &ctx.engine {
-        Some(engine) => compose(validation, record.as_ref(), engine.cache().in_fallback()),
+        Some(engine) => compose(validation, LastPoll::of(record.as_ref(), binding), engine.cache().in_fallback()),
         None => validation,
     };
     let status = binding_status(binding, &previous, &desired, record.as_ref(), &now);
@@ -162,7 +162,7 @@ async fn publish_transitions(binding: &ToolBinding, ctx: &Context, previous: &To
             .items
             .iter()
             .flat_map(|i| &i.pipelines)
-            .filter(|p| matches!(p.state.as_deref(), Some("failure" | "failed" | "timed_out" | "startup_failure")))
+            .filter(|p| matches!(p.state.as_deref(), Some("failure" | "failed" | "timed_out" | "startup_failure" | "unstable")))
             .map(|p| p.id.clone())
             .take(5)
             .collect();

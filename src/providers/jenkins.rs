@@ -1,10 +1,50 @@
-//! Jenkins: the last build of each job, read with a `tree=` projection so each request
-//! returns a few hundred bytes instead of the whole job.
+//! Jenkins (JSON API, <https://www.jenkins.io/doc/book/using/remote-access-api/>): the state
+//! of each job, read with a `tree=` projection so each request returns a few hundred bytes
+//! instead of the whole job.
+//!
+//! A job is failing when its last *completed* build (`lastCompletedBuild`) ended `FAILURE`
+//! or `UNSTABLE` (failing tests): `lastBuild` is the running build, and reading it would
+//! turn red into nothing while a fix builds. The item shows the running build when one runs.
 
-use super::http::UpstreamClient;
-use super::{PollRequest, ProviderError, Snapshot, item};
+use super::http::{Fetched, UpstreamClient};
+use super::{PollRequest, ProviderError, Snapshot, Text, item};
+use serde::{Deserialize, Serialize};
 
-const TREE: &str = "name,url,color,lastBuild[number,result,building,timestamp,url]";
+const TREE: &str =
+    "name,url,color,lastBuild[number,result,building,timestamp,url],lastCompletedBuild[number,result,building,timestamp,url]";
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Job {
+    #[serde(default)]
+    name: Option<Text>,
+    #[serde(default)]
+    url: Option<Text>,
+    #[serde(default)]
+    last_build: Option<Build>,
+    #[serde(default)]
+    last_completed_build: Option<Build>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Build {
+    #[serde(default)]
+    number: Option<i64>,
+    #[serde(default)]
+    result: Option<Text>,
+    #[serde(default)]
+    building: bool,
+    #[serde(default)]
+    timestamp: Option<i64>,
+    #[serde(default)]
+    url: Option<Text>,
+}
+
+impl Build {
+    fn failed(&self) -> bool {
+        matches!(self.result.as_deref(), Some("FAILURE" | "UNSTABLE"))
+    }
+}
 
 pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<Snapshot, ProviderError> {
     let spec = request.spec.jenkins.as_ref().ok_or_else(|| ProviderError::Config("spec.jenkins is missing".into()))?;
@@ -24,27 +64,32 @@ pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<
             segments.push("api").push("json");
         }
         url.query_pairs_mut().append_pair("tree", TREE);
-        let fetched = client.get_json(&request.upstream(url, &[])).await?;
-        let body = &fetched.body;
-        let last = &body["lastBuild"];
+        let fetched: Fetched<Job> = client.get(&request.upstream(url, &[])).await?;
+        let body = fetched.body;
         snapshot.summary.pipelines += 1;
-        let state = if last["building"].as_bool() == Some(true) { Some("building") } else { last["result"].as_str() };
-        if matches!(last["result"].as_str(), Some("FAILURE")) && last["building"].as_bool() != Some(true) {
+        let failing = body.last_completed_build.as_ref().is_some_and(Build::failed);
+        if failing {
             snapshot.summary.failing_pipelines += 1;
         }
-        let updated = last["timestamp"]
-            .as_i64()
-            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-            .map(|t| serde_json::Value::String(t.to_string()))
-            .unwrap_or_default();
-        let number = last["number"].as_i64().map(|n| format!(" #{n}")).unwrap_or_default();
+        let running = body.last_build.as_ref().filter(|b| b.building);
+        let shown = match (running, failing) {
+            (Some(b), false) => Some(b),
+            _ => body.last_completed_build.as_ref().or(body.last_build.as_ref()),
+        };
+        let state = match (running, shown) {
+            (Some(_), _) if !failing => "building".into(),
+            (_, Some(s)) => s.result.as_deref().unwrap_or("not built").to_ascii_lowercase(),
+            (_, None) => "not built".into(),
+        };
+        let updated = shown.and_then(|b| b.timestamp).and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()).map(|t| t.to_string());
+        let number = shown.and_then(|b| b.number).map(|n| format!(" #{n}")).unwrap_or_default();
         snapshot.items.pipelines.push(item(
             format!("{job}{number}"),
-            body["name"].as_str().unwrap_or(job),
-            last["url"].as_str().or(body["url"].as_str()).unwrap_or_default(),
-            state.map(|s| s.to_ascii_lowercase()).as_deref(),
+            body.name.as_deref().unwrap_or(job),
+            shown.and_then(|b| b.url.as_deref()).or(body.url.as_deref()).unwrap_or_default(),
+            Some(&state),
             None,
-            &updated,
+            updated.as_deref(),
         ));
     }
     Ok(snapshot)

@@ -33,6 +33,15 @@ fn header<'a>(headers: &'a http::HeaderMap, names: &[&str]) -> Option<&'a str> {
     names.iter().find_map(|n| headers.get(*n)).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
+/// The longest wait any header may impose: a hostile or broken upstream cannot park a
+/// binding for years.
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+fn clamp_at(t: Timestamp, now: Timestamp) -> Timestamp {
+    let latest = now.checked_add(SignedDuration::try_from(MAX_WAIT).expect("a day fits")).unwrap_or(now);
+    t.min(latest)
+}
+
 /// Reads GitHub's `x-ratelimit-*`, GitLab's `RateLimit-*`, Jira's `X-RateLimit-*` and any
 /// `Retry-After` (seconds or an HTTP date). Header names are case-insensitive.
 pub fn observe(headers: &http::HeaderMap, now: Timestamp) -> Observed {
@@ -45,12 +54,17 @@ pub fn observe(headers: &http::HeaderMap, now: Timestamp) -> Observed {
                 if n > 1_000_000_000 { Timestamp::from_second(n).ok() } else { now.checked_add(SignedDuration::from_secs(n)).ok() }
             })
             .or_else(|| v.parse::<Timestamp>().ok())
+            .map(|t| clamp_at(t, now))
     });
     let retry_after = header(headers, &["retry-after"]).and_then(|v| {
-        v.parse::<u64>().ok().map(Duration::from_secs).or_else(|| {
-            let when = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
-            Some(Duration::try_from(when.duration_since(now)).unwrap_or_default())
-        })
+        v.parse::<u64>()
+            .ok()
+            .map(Duration::from_secs)
+            .or_else(|| {
+                let when = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
+                Some(Duration::try_from(when.duration_since(now)).unwrap_or_default())
+            })
+            .map(|d| d.min(MAX_WAIT))
     });
     Observed {
         limit: number(&["x-ratelimit-limit", "ratelimit-limit"]),
@@ -129,7 +143,7 @@ impl Ledger {
             }
             _ => super::SECONDARY_LIMIT_WAIT * 2u32.saturating_pow(entry.strikes.saturating_sub(1).min(6)),
         };
-        let until = now.checked_add(SignedDuration::try_from(wait).unwrap_or(SignedDuration::from_secs(60))).unwrap_or(now);
+        let until = now.checked_add(SignedDuration::try_from(wait.min(MAX_WAIT)).unwrap_or(SignedDuration::from_secs(60))).unwrap_or(now);
         entry.blocked_until = Some(until);
         if observed.remaining.is_some() {
             entry.remaining = observed.remaining;
@@ -176,6 +190,17 @@ mod tests {
         assert_eq!(jira.retry_after, Some(Duration::from_secs(30)));
         let date = observe(&headers(&[("Retry-After", "Mon, 23 Nov 2026 10:02:00 GMT")]), now());
         assert_eq!(date.retry_after, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn retry_after_and_reset_are_clamped_to_a_day() {
+        let far = observe(&headers(&[("retry-after", "999999999"), ("x-ratelimit-reset", "4102444800")]), now());
+        assert_eq!(far.retry_after, Some(MAX_WAIT));
+        assert_eq!(far.reset_at, Some(now().checked_add(SignedDuration::from_hours(24)).unwrap()));
+        let date = observe(&headers(&[("retry-after", "Fri, 01 Jan 2100 00:00:00 GMT")]), now());
+        assert_eq!(date.retry_after, Some(MAX_WAIT));
+        let blocked = Ledger::default().block("tok", &far, now());
+        assert_eq!(blocked.blocked_until, Some(now().checked_add(SignedDuration::from_hours(24)).unwrap()));
     }
 
     #[test]

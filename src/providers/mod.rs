@@ -13,7 +13,7 @@ pub mod jira;
 pub mod ledger;
 pub mod safety;
 
-use crate::api::toolbinding::{Item, ToolItems, ToolSummary};
+use crate::api::toolbinding::{Capability, CountGap, GapKind, Item, ToolItems, ToolSummary};
 use crate::api::{Provider, ToolBindingSpec};
 use std::time::Duration;
 
@@ -36,6 +36,28 @@ impl Snapshot {
         }
         self
     }
+
+    /// Records that a capability's count is not exact.
+    pub fn gap(&mut self, capability: Capability, kind: GapKind, reason: impl Into<String>) {
+        let reason = reason.into();
+        if !self.summary.gaps.iter().any(|g| g.capability == capability && g.kind == kind && g.reason == reason) {
+            self.summary.gaps.push(CountGap { capability, kind, reason });
+        }
+    }
+
+    /// Runs one capability's part of a poll: a capability the upstream refuses for this
+    /// token or has switched off (403/410) becomes "n/a" with the upstream's reason, and
+    /// what the other capabilities read stands.
+    pub fn capability<T>(&mut self, capability: Capability, result: Result<T, ProviderError>) -> Result<Option<T>, ProviderError> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(error @ ProviderError::Unavailable { .. }) => {
+                self.gap(capability, GapKind::Unavailable, error.to_string());
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
+    }
 }
 
 /// Why a poll did not produce data. Messages never contain the token or response bodies.
@@ -52,6 +74,9 @@ pub enum ProviderError {
 
     #[error("failed to poll {url}: {reason}")]
     Upstream { url: String, reason: String },
+
+    #[error("failed to poll {url}: not available to this token or switched off upstream (HTTP {status}){}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Unavailable { url: String, status: u16, message: String },
 
     #[error("failed to poll {url}: not found (HTTP 404); check the names in the spec")]
     NotFound { url: String },
@@ -70,6 +95,19 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// Every reason [`ProviderError::reason`] gives.
+    pub const REASONS: [&'static str; 9] = [
+        "CredentialsRejected",
+        "RateLimited",
+        "EndpointRefused",
+        "UpstreamError",
+        "CapabilityUnavailable",
+        "NotFound",
+        "MalformedResponse",
+        "CircuitOpen",
+        "InvalidSpec",
+    ];
+
     /// The condition reason this error shows as.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -77,6 +115,7 @@ impl ProviderError {
             ProviderError::RateLimited { .. } => "RateLimited",
             ProviderError::EndpointRefused(_) => "EndpointRefused",
             ProviderError::Upstream { .. } => "UpstreamError",
+            ProviderError::Unavailable { .. } => "CapabilityUnavailable",
             ProviderError::NotFound { .. } => "NotFound",
             ProviderError::Malformed { .. } => "MalformedResponse",
             ProviderError::CircuitOpen { .. } => "CircuitOpen",
@@ -86,18 +125,18 @@ impl ProviderError {
     }
 }
 
-/// How a provider authenticates, built from the Secret's value.
+/// How a provider authenticates, built from the Secret's value. It has no printable
+/// name: the ledger and the cache key it by a keyed digest ([`http::CacheKey`]), metrics by
+/// the Secret's name.
 #[derive(Clone)]
 pub struct Credential {
     /// Full header value (e.g. "Bearer …"); never logged.
     header: (::http::HeaderName, ::http::HeaderValue),
-    /// Short, stable, non-reversible name of the token: labels, ledger keys, cache keys.
-    pub fingerprint: String,
 }
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential").field("fingerprint", &self.fingerprint).finish_non_exhaustive()
+        f.debug_struct("Credential").finish_non_exhaustive()
     }
 }
 
@@ -119,7 +158,7 @@ impl Credential {
         let mut value = ::http::HeaderValue::from_str(&value)
             .map_err(|_| ProviderError::Config("the token contains characters that cannot be sent in a header".into()))?;
         value.set_sensitive(true);
-        Ok(Self { header: (name, value), fingerprint: fingerprint(token) })
+        Ok(Self { header: (name, value) })
     }
 
     pub fn header(&self) -> (&::http::HeaderName, &::http::HeaderValue) {
@@ -127,11 +166,13 @@ impl Credential {
     }
 }
 
-/// First 12 hex digits of SHA-256 of the token: enough to tell tokens apart, useless to an attacker.
-pub fn fingerprint(token: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+/// Whose poll this is: the binding (cache entries are scoped to its namespace and removed
+/// with it) and the Secret its token came from (the name metrics use).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scope<'a> {
+    pub namespace: &'a str,
+    pub binding: &'a str,
+    pub secret: &'a str,
 }
 
 /// Everything a provider needs for one poll.
@@ -143,6 +184,7 @@ pub struct PollRequest<'a> {
     pub reserve: i64,
     /// Per-minute cap for this binding (spec.rateLimit.maxRequestsPerMinute).
     pub budget: &'a Budget,
+    pub scope: Scope<'a>,
 }
 
 impl PollRequest<'_> {
@@ -155,6 +197,8 @@ impl PollRequest<'_> {
             reserve: self.reserve,
             budget: self.budget,
             extra_headers,
+            json: None,
+            scope: self.scope,
         }
     }
 }
@@ -219,12 +263,76 @@ pub async fn poll(client: &http::UpstreamClient, request: &PollRequest<'_>) -> R
 }
 
 /// Parses an RFC 3339 timestamp from upstream JSON.
-pub(crate) fn time(value: &serde_json::Value) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
-    value.as_str()?.parse::<jiff::Timestamp>().ok().map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
+pub(crate) fn time(value: Option<&str>) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+    value?.parse::<jiff::Timestamp>().ok().map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
+}
+
+/// Untrusted text from a response, clipped to [`Text::MAX_CHARS`] while it is parsed: a
+/// page of megabyte-long titles costs a few kilobytes once read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Text(String);
+
+impl Text {
+    /// Longest text any item field keeps (a URL).
+    pub const MAX_CHARS: usize = 2048;
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        Text(s.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.chars().take(Text::MAX_CHARS).collect()))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// The few fields of a user object any provider needs.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct User {
+    #[serde(default, alias = "username", alias = "displayName")]
+    pub login: Option<Text>,
 }
 
 /// Builds an item, trimming untrusted text to a sane length.
-pub(crate) fn item(id: String, title: &str, url: &str, state: Option<&str>, author: Option<&str>, updated: &serde_json::Value) -> Item {
+pub(crate) fn item(id: String, title: &str, url: &str, state: Option<&str>, author: Option<&str>, updated: Option<&str>) -> Item {
     let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
     Item {
         // Long enough for a sha512 digest and for a 255-character GitLab path or Jenkins job
@@ -240,3 +348,26 @@ pub(crate) fn item(id: String, title: &str, url: &str, state: Option<&str>, auth
 
 /// Default wait when a provider signals a limit without saying for how long.
 pub const SECONDARY_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_reason_is_listed() {
+        let now = jiff::Timestamp::now();
+        let errors = [
+            ProviderError::CredentialsRejected { provider: "github", status: 401 },
+            ProviderError::RateLimited { until: now, why: String::new() },
+            ProviderError::EndpointRefused(String::new()),
+            ProviderError::Upstream { url: String::new(), reason: String::new() },
+            ProviderError::Unavailable { url: String::new(), status: 403, message: String::new() },
+            ProviderError::NotFound { url: String::new() },
+            ProviderError::Malformed { url: String::new(), reason: String::new() },
+            ProviderError::CircuitOpen { host: String::new(), until: now },
+            ProviderError::Config(String::new()),
+        ];
+        let reasons: Vec<&str> = errors.iter().map(ProviderError::reason).collect();
+        assert_eq!(reasons, ProviderError::REASONS);
+    }
+}

@@ -28,6 +28,7 @@ fn projects() -> BTreeMap<String, Project> {
         merge_requests: vec![gitlab::merge_request(path, 1, "Ledger rounding", "opened", false, "2026-11-20T10:00:00Z")],
         issues: vec![gitlab::issue(path, 9, "Reconcile nightly", "opened", None, "2026-11-20T10:00:00Z")],
         pipelines: vec![gitlab::pipeline(path, 700, "failed", "main", "2026-11-21T10:00:00Z")],
+        ..Project::default()
     };
     BTreeMap::from([(path.to_string(), project)])
 }
@@ -50,6 +51,7 @@ fn repos() -> BTreeMap<String, Repo> {
             github::run(1, 10, "build", "success", "2026-11-20T10:00:00Z"),
             github::run(2, 20, "deploy", "success", "2026-11-20T11:00:00Z"),
         ],
+        ..Repo::default()
     };
     BTreeMap::from([(name.to_string(), repo)])
 }

@@ -1,9 +1,17 @@
-//! GitLab REST v4: `/api/v4/projects/:id` (numeric ID or URL-encoded full path, e.g.
-//! `payments%2Fledger`; an unencoded path is a 404 as on GitLab), and its
-//! `/merge_requests`, `/issues` (both filtered by `state`) and `/pipelines` (filtered by
-//! `ref`, newest first). Lists paginate with `page`/`per_page` (default 20, at most 100), an
-//! absolute `Link` header and the `X-Page`/`X-Per-Page`/`X-Total`/`X-Next-Page` headers.
-//! Rate limits in `RateLimit-*`; 429 with `Retry-After` when the quota is used up.
+//! GitLab REST v4, following <https://docs.gitlab.com/api/rest/>:
+//! `/api/v4/projects/:id` (numeric ID or URL-encoded full path, e.g. `payments%2Fledger`; an
+//! unencoded path is a 404 as on GitLab), and its `/merge_requests`, `/issues` (filtered by
+//! `state`, ordered by `order_by=updated_at`/`sort`) and `/pipelines` (filtered by `ref`,
+//! newest first).
+//! - Pagination (<https://docs.gitlab.com/api/rest/#pagination>): `page`/`per_page` (default
+//!   20, at most 100), `X-Page`/`X-Per-Page`/`X-Next-Page`/`X-Total`/`X-Total-Pages` —
+//!   `X-Total` and `X-Total-Pages` left out above 10,000 results — and a `Link` header built
+//!   from the configured external URL (`Gitlab.config.gitlab.host`), not from the address
+//!   the request used ([`Gitlab::external_url`]).
+//! - A feature switched off, or closed to a Guest token, answers `403 Forbidden`
+//!   (<https://docs.gitlab.com/user/project/settings/#configure-project-features-and-permissions>).
+//! - Rate limits (<https://docs.gitlab.com/security/rate_limits/#headers>): `RateLimit-*`
+//!   and `Retry-After` only on the 429; 304s count against the throttles too.
 
 use super::{Dialect, Server, Shared, paginate_by, pct_decode, query_param};
 use axum::http::{HeaderMap, HeaderValue, Uri};
@@ -12,6 +20,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// The instance's configured external URL: web links and `Link` headers use it.
 const WEB: &str = "https://gitlab.example.com";
 
 #[derive(Clone, Debug, Default)]
@@ -21,6 +30,8 @@ pub struct Project {
     pub merge_requests: Vec<Value>,
     pub issues: Vec<Value>,
     pub pipelines: Vec<Value>,
+    /// Features switched off (`merge_requests`, `issues`, `pipelines`): 403.
+    pub disabled: Vec<&'static str>,
 }
 
 pub struct Gitlab {
@@ -28,6 +39,9 @@ pub struct Gitlab {
     pub shared: Arc<Shared>,
     /// Keyed by full path (`group/sub/project`).
     pub projects: Arc<Mutex<BTreeMap<String, Project>>>,
+    /// Where `Link` headers point: the configured external URL (default
+    /// `https://gitlab.example.com`), whatever address the request came in on.
+    pub external_url: Arc<Mutex<String>>,
 }
 
 fn user(name: &str) -> Value {
@@ -62,8 +76,8 @@ impl Gitlab {
         let shared = Shared::new(Dialect::Gitlab);
         let projects = Arc::new(Mutex::new(projects));
         let (s, p) = (shared.clone(), projects.clone());
-        let base = Arc::new(Mutex::new(String::new()));
-        let b = base.clone();
+        let external_url = Arc::new(Mutex::new(WEB.to_string()));
+        let b = external_url.clone();
         let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
             let (shared, projects, base) = (s.clone(), p.clone(), b.clone());
             async move {
@@ -87,11 +101,22 @@ impl Gitlab {
                                 .cloned()
                                 .collect()
                         };
-                        let mut list = |items: Vec<Value>| {
+                        let mut list = |mut items: Vec<Value>| {
+                            if query_param(&uri, "order_by").as_deref() == Some("updated_at") {
+                                items.sort_by(|a, b| b["updated_at"].as_str().cmp(&a["updated_at"].as_str()));
+                                if query_param(&uri, "sort").as_deref() == Some("asc") {
+                                    items.reverse();
+                                }
+                            }
                             let (v, n) = paginate_by(&items, &uri, &base, "per_page", 20);
                             page_headers(&mut extra, &uri, items.len());
                             (Some(v), n)
                         };
+                        let feature = rest.first().copied().unwrap_or_default();
+                        if found.as_ref().is_some_and(|(_, p)| p.disabled.contains(&feature)) {
+                            let body = json!({"message": "403 Forbidden"});
+                            return shared.answer_status(&uri, &headers, 403, body, HeaderMap::new()).await.into_response();
+                        }
                         match (found, rest) {
                             (Some((path, p)), []) => (
                                 Some(json!({"id": p.id, "path_with_namespace": path, "default_branch": p.default_branch,
@@ -121,8 +146,7 @@ impl Gitlab {
             }
         });
         let server = Server::start(app).await;
-        *base.lock().unwrap() = server.url();
-        Self { server, shared, projects }
+        Self { server, shared, projects, external_url }
     }
 
     pub fn url(&self) -> String {
@@ -140,7 +164,9 @@ fn page_headers(out: &mut HeaderMap, uri: &Uri, total: usize) {
     };
     set("x-page", page.to_string());
     set("x-per-page", per_page.to_string());
-    set("x-total", total.to_string());
-    set("x-total-pages", pages.to_string());
+    if total <= 10_000 {
+        set("x-total", total.to_string());
+        set("x-total-pages", pages.to_string());
+    }
     set("x-next-page", if page < pages { (page + 1).to_string() } else { String::new() });
 }

@@ -1,8 +1,11 @@
-//! Harbor v2.0: `GET /api/v2.0/projects/:p/repositories` (names are `p/repo`) and
+//! Harbor v2.0, following its API (<https://github.com/goharbor/harbor/blob/main/api/v2.0/swagger.yaml>):
+//! `GET /api/v2.0/projects/:p/repositories` (names are `p/repo`, with the numeric
+//! `project_id` and `artifact_count`; project ids are 1, 2, … in name order) and
 //! `GET /api/v2.0/projects/:p/repositories/:repo/artifacts`, where a '/' inside the
 //! repository name must be encoded twice (`team%252Fapi`): the router decodes once, so a
 //! single `%2F` becomes a path separator and misses. `scan_overview` only comes with
-//! `with_scan_overview=true`; `sort=-push_time` sorts newest first. Lists paginate with
+//! `with_scan_overview=true`; `sort=-push_time` (artifacts) and `sort=-update_time`
+//! (repositories; a push updates it) sort newest first. Lists paginate with
 //! `page`/`page_size` (default 10, at most 100), `X-Total-Count` and a relative `Link`.
 //! No ETags, no rate-limit headers; Basic auth (users or robot accounts).
 
@@ -59,19 +62,31 @@ impl Harbor {
                 };
                 let (body, next) = match parts.as_slice() {
                     ["api", "v2.0", "projects", project, "repositories"] => {
-                        let repos = projects.lock().unwrap().get(*project).cloned();
+                        let all = projects.lock().unwrap().clone();
+                        let project_id = all.keys().position(|k| k == project).map(|i| i + 1).unwrap_or(0);
+                        let repos = all.get(*project).cloned();
                         match repos {
-                            Some(repos) => list(
-                                repos
+                            Some(repos) => {
+                                let mut listed: Vec<Value> = repos
                                     .iter()
                                     .enumerate()
                                     .map(|(i, (name, artifacts))| {
-                                        json!({"id": i + 1, "project_id": 1, "name": format!("{project}/{name}"),
+                                        // A push updates the repository's update_time.
+                                        let pushed = artifacts
+                                            .iter()
+                                            .filter_map(|a| a["push_time"].as_str())
+                                            .max()
+                                            .unwrap_or("2026-10-01T08:00:00.000Z");
+                                        json!({"id": i + 1, "project_id": project_id, "name": format!("{project}/{name}"),
                                                "artifact_count": artifacts.len(), "pull_count": 7,
-                                               "creation_time": "2026-10-01T08:00:00.000Z", "update_time": "2026-11-20T08:00:00.000Z"})
+                                               "creation_time": "2026-10-01T08:00:00.000Z", "update_time": pushed})
                                     })
-                                    .collect(),
-                            ),
+                                    .collect();
+                                if query_param(&uri, "sort").as_deref() == Some("-update_time") {
+                                    listed.sort_by(|a, b| b["update_time"].as_str().cmp(&a["update_time"].as_str()));
+                                }
+                                list(listed)
+                            }
                             None => (None, None),
                         }
                     }

@@ -1,4 +1,7 @@
-//! Jenkins JSON API: `GET /job/A/job/B/api/json?tree=…` for job `A/B`. Path segments are
+//! Jenkins JSON API (<https://www.jenkins.io/doc/book/using/remote-access-api/>):
+//! `GET /job/A/job/B/api/json?tree=…` for job `A/B`, with `lastBuild` (possibly still
+//! building) and `lastCompletedBuild` (the newest finished one), as `hudson.model.Job` exports
+//! them. Path segments are
 //! percent-decoded once (a '+' stays a '+', as in Jenkins' Stapler router). Without `tree=`
 //! the whole job comes back, builds and all; with it, only the projected fields (plus
 //! `_class`, which Jenkins always adds). No ETags, no rate-limit headers; Basic auth.
@@ -27,8 +30,8 @@ pub fn build(number: u64, result: Option<&str>, building: bool, timestamp: i64) 
 pub struct Jenkins {
     pub server: Server,
     pub shared: Arc<Shared>,
-    /// Full name (`folder/job`) to its last build (None: never built).
-    pub jobs: Arc<Mutex<BTreeMap<String, Option<Build>>>>,
+    /// Full name (`folder/job`) to its builds, oldest first (empty: never built).
+    pub jobs: Arc<Mutex<BTreeMap<String, Vec<Build>>>>,
 }
 
 fn job_url(base: &str, full_name: &str) -> String {
@@ -37,7 +40,9 @@ fn job_url(base: &str, full_name: &str) -> String {
 }
 
 /// The whole job document, as `api/json` without `tree` returns it.
-fn job_json(base: &str, full_name: &str, last: &Option<Build>) -> Value {
+fn job_json(base: &str, full_name: &str, builds: &[Build]) -> Value {
+    let last = builds.last().cloned();
+    let completed = builds.iter().rev().find(|b| !b.building).cloned();
     let url = job_url(base, full_name);
     let build_json = |b: &Build| {
         json!({"_class": "hudson.model.FreeStyleBuild", "number": b.number, "result": b.result, "building": b.building,
@@ -45,7 +50,7 @@ fn job_json(base: &str, full_name: &str, last: &Option<Build>) -> Value {
                "actions": [{"_class": "hudson.model.CauseAction", "causes": [{"shortDescription": "Started by an SCM change"}]}],
                "changeSet": {"items": []}})
     };
-    let color = match last {
+    let color = match &last {
         None => "notbuilt".to_string(),
         Some(b) => {
             let c = match b.result.as_deref() {
@@ -69,7 +74,7 @@ fn job_json(base: &str, full_name: &str, last: &Option<Build>) -> Value {
     json!({"_class": "hudson.model.FreeStyleProject", "name": full_name.rsplit('/').next().unwrap(),
            "fullName": full_name, "url": url, "color": color, "buildable": true,
            "healthReport": [{"description": "Build stability: 1 out of the last 5 builds failed.", "score": 80}],
-           "lastBuild": last.as_ref().map(build_json), "builds": builds, "property": [], "actions": []})
+           "lastBuild": last.as_ref().map(build_json), "lastCompletedBuild": completed.as_ref().map(build_json), "builds": builds, "property": [], "actions": []})
 }
 
 /// Applies a `tree=` projection such as `name,lastBuild[number,result]`.
@@ -118,7 +123,7 @@ fn split_tree(tree: &str) -> Vec<(String, Option<String>)> {
 }
 
 impl Jenkins {
-    pub async fn start(jobs: BTreeMap<String, Option<Build>>) -> Self {
+    pub async fn start(jobs: BTreeMap<String, Vec<Build>>) -> Self {
         let shared = Shared::new(Dialect::None);
         shared.set_etags(false);
         let jobs = Arc::new(Mutex::new(jobs));
@@ -135,8 +140,8 @@ impl Jenkins {
                         let name: Vec<String> = job.chunks(2).map(|c| pct_decode(c[1])).collect();
                         let name = name.join("/");
                         let found = jobs.lock().unwrap().get(&name).cloned();
-                        found.map(|last| {
-                            let full = job_json(&base, &name, &last);
+                        found.map(|builds| {
+                            let full = job_json(&base, &name, &builds);
                             match query_param(&uri, "tree") {
                                 Some(tree) => project(&full, &tree),
                                 None => full,

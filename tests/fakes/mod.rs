@@ -1,8 +1,9 @@
 //! Local stand-ins for the SaaS tools, reproducing their documented behaviour: list
-//! endpoints with `Link` pagination, ETags and 304s (which cost no quota), rate-limit
-//! headers in each provider's dialect, and the failure modes (401, 403/429 with and without
-//! `Retry-After`, 5xx, slow answers, malformed and oversized bodies). Every request is
-//! recorded so tests can assert what the client sent.
+//! endpoints with `Link` pagination, ETags and 304s, rate-limit headers in each provider's
+//! dialect and only where the documentation says they come, and the failure modes (401,
+//! 403/429 with and without `Retry-After`, 5xx, slow answers, malformed, oversized and
+//! hostile bodies). Every request is recorded so tests can assert what the client sent.
+//! Each module cites the documentation it follows.
 #![allow(dead_code)]
 
 pub mod github;
@@ -40,17 +41,47 @@ pub enum Mode {
     Malformed,
     /// 200 with a body of this many bytes.
     Oversized(usize),
+    /// 200 with a hostile body (see [`Hostile`]).
+    Hostile(Hostile),
+    /// Jira Data Center after failed logins: 403 with `X-Authentication-Denied-Reason`
+    /// (and, as on every Data Center answer, `retry-after: 0`).
+    CaptchaDenied,
+}
+
+/// Bodies meant to exhaust the client's memory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Hostile {
+    /// `[0,0,0,…]` of this many bytes (with a Content-Length).
+    Zeros(usize),
+    /// `[[[[…]]]]` this deep.
+    Nested(usize),
+    /// A valid page with a `Link` (and `X-Next-Page`) to a next page, forever.
+    EndlessPages,
+    /// [`Hostile::EndlessPages`] where each page is valid JSON of about this many bytes:
+    /// the route's first list element, every string in it 4 KiB long, repeated.
+    MaximalPages(usize),
+    /// A chunked body that never ends (no Content-Length).
+    Endless,
 }
 
 /// Rate-limit header names of each tool.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Dialect {
-    /// x-ratelimit-limit/remaining/reset (epoch seconds)
+    /// x-ratelimit-limit/remaining/reset (epoch seconds) on every answer; an exhausted
+    /// quota is 403 with remaining 0.
+    /// <https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api>
     Github,
-    /// RateLimit-Limit/Remaining/Reset (epoch seconds)
+    /// RateLimit-Limit/Remaining/Reset (epoch seconds) and Retry-After only with a 429
+    /// (on every answer only behind a feature flag).
+    /// <https://docs.gitlab.com/security/rate_limits/#headers>
     Gitlab,
-    /// X-RateLimit-Limit/Remaining, X-RateLimit-Reset (RFC 3339)
-    Jira,
+    /// Jira Cloud: only a 429 carries Retry-After, X-RateLimit-Reset (ISO 8601) and
+    /// RateLimit-Reason. <https://developer.atlassian.com/cloud/jira/platform/rate-limiting/>
+    JiraCloud,
+    /// Jira Data Center: every answer carries X-RateLimit-Limit/Remaining/Interval-Seconds/
+    /// FillRate and `retry-after: 0` (a token bucket: no reset time); 429 with Retry-After.
+    /// <https://confluence.atlassian.com/adminjiraserver/improving-instance-stability-with-rate-limiting-983794911.html>
+    JiraDataCenter,
     /// none
     None,
 }
@@ -134,27 +165,51 @@ impl Shared {
         self.seen.lock().unwrap().clear();
     }
 
-    fn rate_headers(&self, headers: &mut HeaderMap) {
+    /// The rate-limit headers of this dialect; `limited` for the answer to an exhausted quota.
+    fn rate_headers(&self, headers: &mut HeaderMap, limited: bool) {
         let q = self.quota.lock().unwrap();
-        let (limit, remaining, reset) = match self.dialect {
-            Dialect::Github => ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"),
-            Dialect::Gitlab => ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"),
-            Dialect::Jira => ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"),
-            Dialect::None => return,
+        let wait = q.reset.duration_since(jiff::Timestamp::now()).as_secs().max(1);
+        let mut set = |k: &'static str, v: String| {
+            headers.insert(k, HeaderValue::from_str(&v).unwrap());
         };
-        headers.insert(limit, q.limit.into());
-        headers.insert(remaining, q.remaining.max(0).into());
-        let reset_value = match self.dialect {
-            Dialect::Jira => HeaderValue::from_str(&q.reset.to_string()).unwrap(),
-            _ => q.reset.as_second().into(),
-        };
-        headers.insert(reset, reset_value);
+        match self.dialect {
+            Dialect::Github => {
+                set("x-ratelimit-limit", q.limit.to_string());
+                set("x-ratelimit-remaining", q.remaining.max(0).to_string());
+                set("x-ratelimit-reset", q.reset.as_second().to_string());
+                set("x-ratelimit-used", (q.limit - q.remaining.max(0)).to_string());
+                set("x-ratelimit-resource", "core".into());
+            }
+            Dialect::Gitlab if limited => {
+                set("ratelimit-limit", q.limit.to_string());
+                set("ratelimit-observed", q.limit.to_string());
+                set("ratelimit-remaining", "0".into());
+                set("ratelimit-reset", q.reset.as_second().to_string());
+                set("ratelimit-resettime", q.reset.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string());
+                set("retry-after", wait.to_string());
+            }
+            Dialect::JiraCloud if limited => {
+                set("retry-after", wait.to_string());
+                set("x-ratelimit-reset", q.reset.strftime("%Y-%m-%dT%H:%MZ").to_string());
+                set("ratelimit-reason", "jira-quota-tenant-based".into());
+            }
+            Dialect::JiraDataCenter => {
+                set("x-ratelimit-limit", q.limit.to_string());
+                set("x-ratelimit-remaining", q.remaining.max(0).to_string());
+                set("x-ratelimit-interval-seconds", "60".into());
+                set("x-ratelimit-fillrate", "10".into());
+                if !headers.contains_key("retry-after") {
+                    headers.insert("retry-after", HeaderValue::from_str(&if limited { wait.to_string() } else { "0".into() }).unwrap());
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Answers one request for a resource whose current representation is `body` (with an
-    /// optional `next` page URL), applying mode, quota, ETag and recording.
-    pub async fn answer(&self, uri: &Uri, headers: &HeaderMap, body: Option<Value>, next: Option<String>) -> Response<Body> {
-        self.answer_with(uri, headers, body, next, HeaderMap::new()).await
+    /// optional `Link` header value), applying mode, quota, ETag and recording.
+    pub async fn answer(&self, uri: &Uri, headers: &HeaderMap, body: Option<Value>, link: Option<String>) -> Response<Body> {
+        self.answer_with(uri, headers, body, link, HeaderMap::new()).await
     }
 
     /// [`Shared::answer`] with extra headers on a successful answer (e.g. GitLab's `X-Total`).
@@ -163,9 +218,23 @@ impl Shared {
         uri: &Uri,
         headers: &HeaderMap,
         body: Option<Value>,
-        next: Option<String>,
+        link: Option<String>,
         extra: HeaderMap,
     ) -> Response<Body> {
+        let content = match body {
+            Some(v) => Content::Found(v),
+            None => Content::Status(404, serde_json::json!({"message": "Not Found"}), HeaderMap::new()),
+        };
+        self.respond(uri, headers, content, link, extra).await
+    }
+
+    /// A non-2xx answer the API documents (403 for a disabled feature, 410, 301, 400 …),
+    /// still subject to authentication and quota.
+    pub async fn answer_status(&self, uri: &Uri, headers: &HeaderMap, status: u16, body: Value, extra: HeaderMap) -> Response<Body> {
+        self.respond(uri, headers, Content::Status(status, body, extra), None, HeaderMap::new()).await
+    }
+
+    async fn respond(&self, uri: &Uri, headers: &HeaderMap, content: Content, link: Option<String>, extra: HeaderMap) -> Response<Body> {
         let mode = self.mode.lock().unwrap().clone();
         let if_none_match = headers.get("if-none-match").and_then(|v| v.to_str().ok()).map(str::to_string);
         let authorization =
@@ -183,10 +252,18 @@ impl Shared {
             }
         }
         let expected = self.expected_auth.lock().unwrap().clone();
+        let mut limited = false;
+        let mut body_stream: Option<Body> = None;
         let (status, payload): (u16, Vec<u8>) = if matches!(mode, Mode::Unauthorized)
             || expected.as_ref().is_some_and(|e| authorization.as_deref() != Some(e.as_str()))
         {
             (401, br#"{"message":"Bad credentials"}"#.to_vec())
+        } else if mode == Mode::CaptchaDenied {
+            out.insert(
+                "x-authentication-denied-reason",
+                HeaderValue::from_static("CAPTCHA_CHALLENGE; login-url=https://jira.example.com/login.jsp"),
+            );
+            (403, b"<html>Forbidden</html>".to_vec())
         } else if let Mode::RetryAfter { status, seconds } = mode {
             out.insert("retry-after", seconds.into());
             (status, br#"{"message":"You have exceeded a secondary rate limit"}"#.to_vec())
@@ -195,34 +272,53 @@ impl Shared {
         } else if mode == Mode::ServerError {
             (502, b"<html>Bad Gateway</html>".to_vec())
         } else if self.quota.lock().unwrap().remaining <= 0 && self.dialect != Dialect::None {
-            self.rate_headers(&mut out);
+            limited = true;
             let status = if self.dialect == Dialect::Github { 403 } else { 429 };
-            if self.dialect != Dialect::Github {
-                // GitLab (Rack::Attack) and Jira send Retry-After with their 429s.
-                let wait = self.quota.lock().unwrap().reset.duration_since(jiff::Timestamp::now()).as_secs().max(1);
-                out.insert("retry-after", wait.into());
-            }
             (status, br#"{"message":"API rate limit exceeded"}"#.to_vec())
         } else {
-            match body {
-                None => (404, br#"{"message":"Not Found"}"#.to_vec()),
-                Some(value) => {
+            match content {
+                Content::Status(status, value, headers) => {
+                    out.extend(headers);
+                    (status, serde_json::to_vec(&value).unwrap())
+                }
+                Content::Found(value) => {
                     let text = match &mode {
                         Mode::Malformed => b"{\"items\": [unterminated".to_vec(),
                         Mode::Oversized(n) => format!("[\"{}\"]", "x".repeat(*n)).into_bytes(),
+                        Mode::Hostile(Hostile::Zeros(_) | Hostile::Nested(_)) => {
+                            let Mode::Hostile(hostile) = &mode else { unreachable!() };
+                            body_stream = Some(Body::from(hostile_bytes(*hostile)));
+                            Vec::new()
+                        }
+                        Mode::Hostile(Hostile::MaximalPages(n)) => {
+                            body_stream = Some(maximal(&value, *n));
+                            Vec::new()
+                        }
+                        Mode::Hostile(Hostile::Endless) => {
+                            let chunks =
+                                futures::stream::repeat_with(|| Ok::<_, std::io::Error>(axum::body::Bytes::from_static(&[b' '; 65536])));
+                            body_stream = Some(Body::from_stream(chunks));
+                            Vec::new()
+                        }
                         _ => serde_json::to_vec(&value).unwrap(),
                     };
                     let etag = format!("W/\"{:x}\"", fnv(&text));
-                    let etags = self.etags.load(Ordering::SeqCst);
+                    let etags = self.etags.load(Ordering::SeqCst) && body_stream.is_none();
                     if etags {
                         out.insert("etag", HeaderValue::from_str(&etag).unwrap());
                     }
-                    if let Some(next) = &next {
-                        out.insert("link", HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")).unwrap());
+                    if let Mode::Hostile(Hostile::EndlessPages | Hostile::MaximalPages(_)) = mode {
+                        // Always one more page, on the same origin.
+                        let page = query_param(uri, "page").and_then(|p| p.parse::<u64>().ok()).unwrap_or(1);
+                        let next = format!("<{}?page={}>; rel=\"next\"", uri.path(), page + 1);
+                        out.insert("link", HeaderValue::from_str(&next).unwrap());
+                        out.insert("x-next-page", HeaderValue::from(page + 1));
+                    } else if let Some(link) = &link {
+                        out.insert("link", HeaderValue::from_str(link).unwrap());
                     }
                     out.extend(extra);
                     if etags && if_none_match.as_deref() == Some(etag.as_str()) {
-                        // A conditional hit: no body, and (documented for GitHub) no quota spent.
+                        // A conditional hit: no body. GitHub documents that it costs no quota;
                         // GitLab's throttles count every request, 304s included.
                         if self.dialect != Dialect::Github {
                             self.quota.lock().unwrap().remaining -= 1;
@@ -235,9 +331,7 @@ impl Shared {
                 }
             }
         };
-        if status != 429 && status != 403 || out.get("x-ratelimit-remaining").is_none() {
-            self.rate_headers(&mut out);
-        }
+        self.rate_headers(&mut out, limited);
         self.seen.lock().unwrap().push(Seen {
             path: uri.path().to_string(),
             query: uri.query().unwrap_or_default().to_string(),
@@ -248,8 +342,97 @@ impl Shared {
         });
         let mut response = Response::builder().status(StatusCode::from_u16(status).unwrap());
         *response.headers_mut().unwrap() = out;
-        response.header("content-type", "application/json").body(Body::from(payload)).unwrap()
+        let body = body_stream.unwrap_or_else(|| Body::from(payload));
+        response.header("content-type", "application/json").body(body).unwrap()
     }
+}
+
+/// The `Zeros` and `Nested` bodies, built once per process (so the fake's own memory does
+/// not count against the client's in a test of peak RSS).
+pub fn hostile_bytes(hostile: Hostile) -> axum::body::Bytes {
+    static CACHE: Mutex<Vec<(usize, bool, axum::body::Bytes)>> = Mutex::new(Vec::new());
+    let (n, zeros) = match hostile {
+        Hostile::Zeros(n) => (n, true),
+        Hostile::Nested(n) => (n, false),
+        _ => return axum::body::Bytes::new(),
+    };
+    let mut cache = CACHE.lock().unwrap();
+    if let Some((_, _, b)) = cache.iter().find(|(m, z, _)| *m == n && *z == zeros) {
+        return b.clone();
+    }
+    let bytes = if zeros {
+        let mut b = Vec::with_capacity(n);
+        b.push(b'[');
+        while b.len() + 3 < n {
+            b.extend_from_slice(b"0,");
+        }
+        b.extend_from_slice(b"0]");
+        b
+    } else {
+        let mut b = vec![b'['; n];
+        b.extend(std::iter::repeat_n(b']', n));
+        b
+    };
+    let bytes = axum::body::Bytes::from(bytes);
+    cache.push((n, zeros, bytes.clone()));
+    bytes
+}
+
+/// A valid answer of about `size` bytes shaped like `value`: its first list (the value itself
+/// or its first array field) filled with copies of its first element, every string 4 KiB.
+/// Streamed from one copy of the element, so the fake itself stays small.
+pub fn maximal(value: &Value, size: usize) -> Body {
+    let bytes = axum::body::Bytes::from;
+    fn long_strings(v: &mut Value) {
+        match v {
+            Value::String(s) => *s = "x".repeat(4096),
+            Value::Array(a) => a.iter_mut().for_each(long_strings),
+            Value::Object(o) => o.values_mut().for_each(long_strings),
+            _ => {}
+        }
+    }
+    let (mut shell, field) = match value {
+        Value::Array(_) => (Value::Array(vec![]), None),
+        Value::Object(o) => match o.iter().find(|(_, v)| v.is_array()) {
+            Some((k, _)) => (value.clone(), Some(k.clone())),
+            None => return Body::from(serde_json::to_vec(value).unwrap()),
+        },
+        other => return Body::from(serde_json::to_vec(other).unwrap()),
+    };
+    let list = match &field {
+        Some(k) => shell[k.as_str()].take(),
+        None => value.clone(),
+    };
+    let mut element = list.as_array().and_then(|a| a.first().cloned()).unwrap_or_else(|| serde_json::json!({}));
+    long_strings(&mut element);
+    let element = serde_json::to_vec(&element).unwrap();
+    if let Some(k) = &field {
+        shell[k.as_str()] = Value::Array(vec![]);
+    }
+    let shell = serde_json::to_vec(&shell).unwrap();
+    // Split the shell at its empty list "[]" and fill the list.
+    let marker = field.as_ref().map(|k| format!("\"{k}\":[]")).unwrap_or_else(|| "[]".into());
+    let at = shell.windows(marker.len()).position(|w| w == marker.as_bytes()).unwrap() + marker.len() - 1;
+    // Blocks of about 64 KiB of ",element" each, so tiny elements are not tiny chunks.
+    let per_block = (65_536 / (element.len() + 1)).max(1);
+    let mut block = Vec::with_capacity(per_block * (element.len() + 1));
+    for _ in 0..per_block {
+        block.push(b',');
+        block.extend_from_slice(&element);
+    }
+    let blocks = (size.saturating_sub(shell.len() + element.len()) / block.len()).max(1);
+    let parts = [bytes(shell[..at].to_vec()), bytes(element)]
+        .into_iter()
+        .chain(std::iter::repeat_n(bytes(block), blocks))
+        .chain(std::iter::once(bytes(shell[at..].to_vec())))
+        .map(Ok::<_, std::io::Error>);
+    Body::from_stream(futures::stream::iter(parts))
+}
+
+/// What a route found.
+enum Content {
+    Found(Value),
+    Status(u16, Value, HeaderMap),
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
@@ -283,27 +466,40 @@ impl Drop for Server {
     }
 }
 
-/// `page` and `per_page` (GitHub, GitLab) applied to a list, with the next page's URL.
+/// `page` and `per_page` (GitHub, GitLab) applied to a list, with the `Link` header value.
 pub fn paginate(items: &[Value], uri: &Uri, base: &str) -> (Value, Option<String>) {
     paginate_by(items, uri, base, "per_page", 30)
 }
 
 /// Pagination with `size_param` (`per_page`, Harbor's `page_size`) defaulting to `default`,
-/// at most 100. An empty `base` gives a relative next link (Harbor sends those).
+/// at most 100, and the RFC 8288 `Link` value (`next`, `last`, `first`, `prev` as GitHub
+/// sends them). An empty `base` gives relative links (Harbor sends those).
 pub fn paginate_by(items: &[Value], uri: &Uri, base: &str, size_param: &str, default: usize) -> (Value, Option<String>) {
     let query: Vec<(String, String)> = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
     let get = |k: &str| query.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.parse::<usize>().ok());
     let per_page = get(size_param).unwrap_or(default).clamp(1, 100);
     let page = get("page").unwrap_or(1).max(1);
+    let pages = items.len().div_ceil(per_page).max(1);
     let start = (page - 1) * per_page;
     let slice: Vec<Value> = items.iter().skip(start).take(per_page).cloned().collect();
-    let next = (start + per_page < items.len()).then(|| {
+    let link_to = |n: usize, rel: &str| {
         let mut pairs: Vec<(String, String)> = query.iter().filter(|(k, _)| k != "page").cloned().collect();
-        pairs.push(("page".into(), (page + 1).to_string()));
+        pairs.push(("page".into(), n.to_string()));
         let q: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
-        format!("{base}{}?{q}", uri.path())
-    });
-    (Value::Array(slice), next)
+        format!("<{base}{}?{q}>; rel=\"{rel}\"", uri.path())
+    };
+    let mut links = Vec::new();
+    if page > 1 {
+        links.push(link_to(page - 1, "prev"));
+    }
+    if page < pages {
+        links.push(link_to(page + 1, "next"));
+        links.push(link_to(pages, "last"));
+    }
+    if page > 1 {
+        links.push(link_to(1, "first"));
+    }
+    (Value::Array(slice), (!links.is_empty()).then(|| links.join(", ")))
 }
 
 /// Decodes `%XX` escapes once, as a path router does ('+' stays '+').
