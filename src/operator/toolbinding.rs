@@ -125,6 +125,10 @@ async fn reconcile_inner(binding: &ToolBinding, ctx: &Context) -> Result<Action,
     };
     let status = binding_status(binding, &previous, &desired, record.as_ref(), &now);
     let workspace = ctx.stores.workspaces.get(&ObjectRef::<Workspace>::new(&binding.spec.workspace_ref.name).within(&namespace));
+    if let Some(engine) = &ctx.engine {
+        // A new binding or spec is scheduled now, not at the engine's next rescan.
+        engine.notice(binding, workspace.as_deref());
+    }
     let heartbeat = Engine::interval(binding, workspace.as_deref()) * HEARTBEAT_INTERVALS;
     if needs_write(&previous, &status, heartbeat, &now) {
         ctx.apply_status(CONTROLLER, binding, &status).await?;
