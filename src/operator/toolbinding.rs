@@ -202,14 +202,8 @@ async fn publish_transitions(binding: &ToolBinding, ctx: &Context, previous: &To
     }
     let failing = |s: &ToolBindingStatus| s.summary.as_ref().map_or(0, |s| s.failing_pipelines);
     if failing(status) > failing(previous) {
-        let names: Vec<String> = status
-            .items
-            .iter()
-            .flat_map(|i| &i.pipelines)
-            .filter(|p| matches!(p.state.as_deref(), Some("failure" | "failed" | "timed_out" | "startup_failure" | "unstable")))
-            .map(|p| p.id.clone())
-            .take(5)
-            .collect();
+        let names: Vec<String> =
+            status.items.iter().flat_map(|i| &i.pipelines).filter(|p| p.failing).map(|p| p.id.clone()).take(5).collect();
         let note = format!("{} pipelines failing (was {}): {}", failing(status), failing(previous), names.join(", "));
         ctx.publish_event(CONTROLLER, &reference, true, "PipelineFailing", note, "Sync").await;
     }
