@@ -282,6 +282,8 @@ async fn github_pipelines_ignore_fork_runs_keep_quiet_workflows_and_see_past_run
     assert_eq!(snapshot.summary.failing_pipelines, 1, "only test failed (its newest run is still running)");
     let test = snapshot.items.pipelines.iter().find(|p| p.id == "acme/api/test").unwrap();
     assert_eq!(test.state.as_deref(), Some("failure"));
+    assert!(test.failing);
+    assert_eq!(snapshot.items.pipelines.iter().filter(|p| p.failing).count(), 1);
     let seen = fake.shared.requests();
     assert!(seen.iter().filter(|s| s.path.ends_with("/runs")).all(|s| s.param("event").as_deref() == Some("push")));
 }

@@ -434,6 +434,7 @@ async fn jenkins_red_stays_red_while_a_fix_builds() {
     assert_eq!(snapshot.summary.failing_pipelines, 1);
     let item = &snapshot.items.pipelines[0];
     assert_eq!((item.id.as_str(), item.state.as_deref()), ("payments/build-main #412", Some("failure")));
+    assert!(item.failing, "marked failing for the operator's PipelineFailing event");
     fake.jobs.lock().unwrap().get_mut("payments/build-main").unwrap()[1] = jenkins::build(413, Some("SUCCESS"), false, T + 60_000);
     let snapshot = poll(&loopback_client(), &fake.url(), &spec, JENKINS_TOKEN).await.unwrap();
     assert_eq!(snapshot.summary.failing_pipelines, 0, "green once the fix finished");

@@ -130,10 +130,21 @@ async fn a_redis_outage_falls_back_to_memory_and_recovers() {
     let client = client(cache.clone());
     poll(&client, &fake).await;
     assert!(!cache.in_fallback());
+    // Polls per second with Redis up, then down: the figure the README quotes (not asserted).
+    let rate = || async {
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            poll(&client, &fake).await;
+        }
+        20.0 / started.elapsed().as_secs_f64()
+    };
+    let up = rate().await;
 
     redis.stop();
     fake.shared.clear();
     let during = poll(&client, &fake).await;
+    let down = rate().await;
+    eprintln!("polls per second (6 requests each, all 304): {up:.0} with Redis, {down:.0} in fallback");
     assert_eq!(during.summary.code_reviews, 40, "polling goes on without Redis");
     assert!(cache.in_fallback(), "the fallback is noticed");
     assert_eq!(metrics.redis_fallback.get(), 1);

@@ -348,4 +348,7 @@ pub struct Item {
     /// When the item last changed upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Time>,
+    /// A pipeline that counts as failing (the provider's rule, see the README).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failing: bool,
 }

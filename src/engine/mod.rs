@@ -25,7 +25,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rand::Rng;
 use status::SyncRecord;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
@@ -101,9 +101,118 @@ impl Default for EngineConfig {
     }
 }
 
-struct Scheduled {
+/// Everything the engine keeps about one binding, in one place.
+struct BindingState {
+    /// The newest poll in this leadership term.
+    record: Option<SyncRecord>,
+    /// When it is next due, and the generation that due time was computed for.
     due: Instant,
     generation: Option<i64>,
+    in_flight: bool,
+    /// The spec changed while a poll was in flight: poll again as soon as it finishes.
+    poll_again: bool,
+    budget: Option<Arc<Budget>>,
+}
+
+/// The bindings' states and a queue ordered by due time: each tick looks only at the due
+/// ones, not at every binding.
+#[derive(Default)]
+struct Schedule {
+    states: HashMap<ObjectRef<ToolBinding>, BindingState>,
+    /// (due, namespace, name): `ObjectRef` has no order.
+    queue: BTreeSet<(Instant, String, String)>,
+}
+
+fn queued(due: Instant, key: &ObjectRef<ToolBinding>) -> (Instant, String, String) {
+    (due, key.namespace.clone().unwrap_or_default(), key.name.clone())
+}
+
+impl Schedule {
+    fn set_due(&mut self, key: &ObjectRef<ToolBinding>, due: Instant) {
+        if let Some(state) = self.states.get_mut(key) {
+            self.queue.remove(&queued(state.due, key));
+            state.due = due;
+            self.queue.insert(queued(due, key));
+        }
+    }
+
+    /// Registers a binding (due when its status says, for a warm start) or notices a new
+    /// generation (due now).
+    fn notice(&mut self, binding: &ToolBinding, interval: Duration, now: Instant) {
+        let key = ObjectRef::from_obj(binding);
+        match self.states.get_mut(&key) {
+            Some(state) if state.generation == binding.metadata.generation => {}
+            Some(state) => {
+                state.generation = binding.metadata.generation;
+                if state.in_flight {
+                    state.poll_again = true;
+                } else {
+                    self.set_due(&key, now);
+                }
+            }
+            None => {
+                let due = warm_start_due(binding, interval, now);
+                let state = BindingState {
+                    record: None,
+                    due,
+                    generation: binding.metadata.generation,
+                    in_flight: false,
+                    poll_again: false,
+                    budget: None,
+                };
+                self.queue.insert(queued(due, &key));
+                self.states.insert(key, state);
+            }
+        }
+    }
+
+    /// Takes the bindings due by `now` that are not being polled, marking them in flight.
+    fn take_due(&mut self, now: Instant) -> Vec<ObjectRef<ToolBinding>> {
+        let mut due = Vec::new();
+        while let Some((when, namespace, name)) = self.queue.first().cloned() {
+            if when > now {
+                break;
+            }
+            self.queue.pop_first();
+            let key = ObjectRef::new(&name).within(&namespace);
+            // Only the entry of the current due time counts (set_due removes older ones).
+            if let Some(state) = self.states.get_mut(&key).filter(|s| !s.in_flight && s.due == when) {
+                state.in_flight = true;
+                due.push(key);
+            }
+        }
+        due
+    }
+
+    /// Records a finished poll and queues the next one.
+    fn finish(&mut self, key: &ObjectRef<ToolBinding>, record: SyncRecord, next: Instant) {
+        if let Some(state) = self.states.get_mut(key) {
+            let next = if std::mem::take(&mut state.poll_again) { Instant::now() } else { next };
+            state.record = Some(record);
+            state.in_flight = false;
+            state.due = next;
+            self.queue.insert(queued(next, key));
+        }
+    }
+
+    /// A binding skipped at its due time (suspended, invalid): looked at again a bit later.
+    fn skip(&mut self, key: &ObjectRef<ToolBinding>, next: Instant) {
+        if let Some(state) = self.states.get_mut(key) {
+            state.in_flight = false;
+        }
+        self.set_due(key, next);
+    }
+
+    /// Drops bindings that no longer exist; returns them.
+    fn retain(&mut self, known: &HashSet<ObjectRef<ToolBinding>>) -> Vec<ObjectRef<ToolBinding>> {
+        let gone: Vec<_> = self.states.keys().filter(|k| !known.contains(*k)).cloned().collect();
+        for key in &gone {
+            if let Some(state) = self.states.remove(key) {
+                self.queue.remove(&queued(state.due, key));
+            }
+        }
+        gone
+    }
 }
 
 pub struct Engine {
@@ -111,12 +220,15 @@ pub struct Engine {
     pub client: UpstreamClient,
     cache: Cache,
     metrics: EngineMetrics,
-    records: Mutex<HashMap<ObjectRef<ToolBinding>, SyncRecord>>,
-    schedule: Mutex<HashMap<ObjectRef<ToolBinding>, Scheduled>>,
-    in_flight: Mutex<HashSet<ObjectRef<ToolBinding>>>,
-    budgets: Mutex<HashMap<ObjectRef<ToolBinding>, Arc<Budget>>>,
+    schedule: Mutex<Schedule>,
     permits: Arc<Semaphore>,
 }
+
+/// How often the whole store is looked at (new bindings the controller has not announced,
+/// deleted ones, a change of the cache's fallback state); due polls are checked every second.
+const RESCAN_EVERY: Duration = Duration::from_secs(30);
+/// When a due binding cannot be polled (suspended Workspace, failed validation), the next look.
+const RECHECK_AFTER: Duration = Duration::from_secs(30);
 
 impl Engine {
     pub fn new(kube: Client, config: EngineConfig, metrics: EngineMetrics) -> Result<Self, String> {
@@ -130,10 +242,7 @@ impl Engine {
             client,
             cache,
             metrics,
-            records: Mutex::new(HashMap::new()),
-            schedule: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashSet::new()),
-            budgets: Mutex::new(HashMap::new()),
+            schedule: Mutex::new(Schedule::default()),
             permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
         })
     }
@@ -144,7 +253,14 @@ impl Engine {
 
     /// The newest poll result of a binding, if it was polled in this leadership term.
     pub fn record(&self, binding: &ObjectRef<ToolBinding>) -> Option<SyncRecord> {
-        self.records.lock().expect("records lock").get(binding).cloned()
+        self.schedule.lock().expect("schedule lock").states.get(binding).and_then(|s| s.record.clone())
+    }
+
+    /// The ToolBinding controller announces each binding it reconciles: a new one is
+    /// scheduled (from its status, for a warm start), a new generation is due at once.
+    pub fn notice(&self, binding: &ToolBinding, workspace: Option<&Workspace>) {
+        let interval = Self::interval(binding, workspace);
+        self.schedule.lock().expect("schedule lock").notice(binding, interval, Instant::now());
     }
 
     /// How often a binding is polled: its own interval, its workspace's, then 5 minutes.
@@ -164,7 +280,8 @@ impl Engine {
         interval.mul_f64(factor)
     }
 
-    /// Decides, once a second, which bindings are due, and polls them.
+    /// Polls the bindings as they fall due (checked once a second, from the queue), and
+    /// looks at the whole store every [`RESCAN_EVERY`].
     pub async fn run(
         self: Arc<Self>,
         bindings: Store<ToolBinding>,
@@ -174,48 +291,48 @@ impl Engine {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut was_fallback = self.cache.in_fallback();
+        let mut rescanned: Option<Instant> = None;
+        // Owned by this run: when leadership is lost and the run is dropped, every poll in
+        // flight is cancelled (no quota spent, no cache written, by a deposed leader).
         let mut polls = tokio::task::JoinSet::new();
         loop {
             tick.tick().await;
-            // Reap finished polls (their results are already recorded).
             while polls.try_join_next().is_some() {}
             let now = Instant::now();
             let fallback = self.cache.in_fallback();
-            let current = bindings.state();
-            self.forget_deleted(&current.iter().map(|b| ObjectRef::from_obj(b.as_ref())).collect());
-            for binding in current {
-                let key = ObjectRef::from_obj(binding.as_ref());
-                let Some(namespace) = binding.namespace() else { continue };
-                let workspace = workspaces.get(&ObjectRef::new(&binding.spec.workspace_ref.name).within(&namespace));
-                let Some(workspace) = workspace else { continue };
-                if workspace.spec.suspend || !validation_passed(&binding) {
-                    continue;
+            if rescanned.is_none_or(|at| now.duration_since(at) >= RESCAN_EVERY) || fallback != was_fallback {
+                rescanned = Some(now);
+                let current = bindings.state();
+                self.forget_deleted(&current.iter().map(|b| ObjectRef::from_obj(b.as_ref())).collect());
+                for binding in &current {
+                    let workspace =
+                        binding.namespace().and_then(|ns| workspaces.get(&ObjectRef::new(&binding.spec.workspace_ref.name).within(&ns)));
+                    self.notice(binding, workspace.as_deref());
+                    if fallback != was_fallback {
+                        // The Degraded condition mentions the cache: let the controller update it.
+                        let _ = wake.try_send(ObjectRef::from_obj(binding.as_ref()));
+                    }
                 }
-                if fallback != was_fallback {
-                    // The Degraded condition mentions the cache: let the controller update it.
-                    let _ = wake.try_send(key.clone());
+                was_fallback = fallback;
+            }
+            let due = self.schedule.lock().expect("schedule lock").take_due(now);
+            for key in due {
+                let binding = bindings.get(&key);
+                let workspace = binding.as_ref().and_then(|b| {
+                    let namespace = b.namespace()?;
+                    workspaces.get(&ObjectRef::new(&b.spec.workspace_ref.name).within(&namespace))
+                });
+                let (Some(binding), Some(workspace)) = (binding, workspace) else {
+                    self.schedule.lock().expect("schedule lock").skip(&key, now + RECHECK_AFTER);
+                    continue;
+                };
+                if workspace.spec.suspend || !validation_passed(&binding) {
+                    self.schedule.lock().expect("schedule lock").skip(&key, now + RECHECK_AFTER);
+                    continue;
                 }
                 let interval = Self::interval(&binding, Some(&workspace));
-                let due = {
-                    let mut schedule = self.schedule.lock().expect("schedule lock");
-                    let entry = schedule.entry(key.clone()).or_insert_with(|| Scheduled {
-                        // Warm start: continue from the last sync recorded in status.
-                        due: warm_start_due(&binding, interval, now),
-                        generation: binding.metadata.generation,
-                    });
-                    if entry.generation != binding.metadata.generation {
-                        entry.generation = binding.metadata.generation;
-                        entry.due = now;
-                    }
-                    entry.due <= now
-                };
-                if !due || !self.in_flight.lock().expect("in-flight lock").insert(key.clone()) {
-                    continue;
-                }
                 let engine = self.clone();
                 let wake = wake.clone();
-                // Owned by this run: when leadership is lost and the run is dropped, every
-                // poll in flight is cancelled (no quota spent, no cache written, by a deposed leader).
                 polls.spawn(async move {
                     let _permit = engine.permits.clone().acquire_owned().await;
                     let record = engine.poll_once(&binding).await;
@@ -232,26 +349,17 @@ impl Engine {
                         .get_or_create(&BindingLabels { namespace: binding.namespace().unwrap_or_default(), name: binding.name_any() })
                         .set(i64::from(record.error.as_ref().is_some_and(|e| !matches!(e, ProviderError::RateLimited { .. }))));
                     let key = ObjectRef::from_obj(binding.as_ref());
-                    engine.records.lock().expect("records lock").insert(key.clone(), record);
-                    if let Some(s) = engine.schedule.lock().expect("schedule lock").get_mut(&key) {
-                        s.due = next;
-                    }
-                    engine.in_flight.lock().expect("in-flight lock").remove(&key);
+                    engine.schedule.lock().expect("schedule lock").finish(&key, record, next);
                     let _ = wake.send(key).await;
                 });
             }
-            was_fallback = fallback;
         }
     }
 
     /// Drops what the engine kept about bindings that no longer exist: their state, their
     /// metric series and their cache entries.
     fn forget_deleted(&self, known: &HashSet<ObjectRef<ToolBinding>>) {
-        let gone: Vec<ObjectRef<ToolBinding>> =
-            self.schedule.lock().expect("schedule lock").keys().filter(|k| !known.contains(*k)).cloned().collect();
-        retain_known(&mut self.records.lock().expect("records lock"), known);
-        retain_known(&mut self.schedule.lock().expect("schedule lock"), known);
-        retain_known(&mut self.budgets.lock().expect("budgets lock"), known);
+        let gone = self.schedule.lock().expect("schedule lock").retain(known);
         for binding in gone {
             let namespace = binding.namespace.clone().unwrap_or_default();
             self.metrics.degraded.remove(&BindingLabels { namespace: namespace.clone(), name: binding.name.clone() });
@@ -310,12 +418,17 @@ impl Engine {
         let rate = binding.spec.rate_limit.clone().unwrap_or_default();
         let per_minute = rate.max_requests_per_minute.and_then(|n| u32::try_from(n).ok());
         let budget = {
-            let mut budgets = self.budgets.lock().expect("budgets lock");
-            let budget = budgets.entry(ObjectRef::from_obj(binding)).or_insert_with(|| Arc::new(Budget::new(per_minute)));
-            if budget.per_minute() != per_minute {
-                *budget = Arc::new(Budget::new(per_minute));
+            let mut schedule = self.schedule.lock().expect("schedule lock");
+            match schedule.states.get_mut(&ObjectRef::from_obj(binding)) {
+                Some(state) => {
+                    let budget = state.budget.get_or_insert_with(|| Arc::new(Budget::new(per_minute)));
+                    if budget.per_minute() != per_minute {
+                        *budget = Arc::new(Budget::new(per_minute));
+                    }
+                    budget.clone()
+                }
+                None => Arc::new(Budget::new(per_minute)),
             }
-            budget.clone()
         };
         let name = binding.name_any();
         let request = PollRequest {
@@ -339,15 +452,11 @@ impl Engine {
     }
 }
 
-fn retain_known<V>(map: &mut HashMap<ObjectRef<ToolBinding>, V>, known: &HashSet<ObjectRef<ToolBinding>>) {
-    map.retain(|key, _| known.contains(key));
-}
-
 /// A binding whose Secret or Workspace is missing is reported by validation, not polled.
 fn validation_passed(binding: &ToolBinding) -> bool {
     let conditions = binding.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     crate::api::conditions::find(conditions, crate::api::conditions::CREDENTIALS_VALID)
-        .is_none_or(|c| c.status != "False" || c.reason == "Rejected")
+        .is_none_or(|c| c.status != "False" || c.reason == status::REJECTED)
 }
 
 /// When a binding was last synced (per its status) plus its interval, as an Instant.
@@ -366,13 +475,46 @@ fn warm_start_due(binding: &ToolBinding, interval: Duration, now: Instant) -> In
 mod tests {
     use super::*;
 
+    fn binding(name: &str, generation: i64) -> ToolBinding {
+        let mut b: ToolBinding = serde_norway::from_str(include_str!("../../tests/fixtures/toolbinding-github.yaml")).unwrap();
+        b.metadata.name = Some(name.into());
+        b.metadata.namespace = Some("team-a".into());
+        b.metadata.generation = Some(generation);
+        b.status = None;
+        b
+    }
+
     #[test]
-    fn state_of_deleted_bindings_is_dropped() {
-        let kept = ObjectRef::<ToolBinding>::new("github").within("team-a");
-        let gone = ObjectRef::<ToolBinding>::new("old").within("team-a");
-        let mut map = HashMap::from([(kept.clone(), 1), (gone.clone(), 2)]);
-        retain_known(&mut map, &HashSet::from([kept.clone()]));
-        assert_eq!(map.keys().collect::<Vec<_>>(), [&kept]);
+    fn the_queue_hands_out_due_bindings_once_and_forgets_deleted_ones() {
+        let now = Instant::now();
+        let mut schedule = Schedule::default();
+        let interval = Duration::from_secs(60);
+        schedule.notice(&binding("a", 1), interval, now);
+        schedule.notice(&binding("b", 1), interval, now);
+        let (a, b) = (ObjectRef::from_obj(&binding("a", 1)), ObjectRef::from_obj(&binding("b", 1)));
+        assert_eq!(schedule.take_due(now).len(), 2, "never synced: due at once");
+        assert!(schedule.take_due(now).is_empty(), "in flight: not handed out twice");
+        let record = SyncRecord {
+            attempted_at: Time(jiff::Timestamp::now()),
+            succeeded_at: None,
+            snapshot: None,
+            error: None,
+            rate_limit: None,
+            unchanged: false,
+        };
+        schedule.finish(&a, record.clone(), now + interval);
+        schedule.finish(&b, record, now + interval);
+        assert!(schedule.take_due(now + Duration::from_secs(59)).is_empty());
+        schedule.notice(&binding("b", 2), interval, now);
+        assert_eq!(schedule.take_due(now), std::slice::from_ref(&b), "a new generation is due at once");
+        schedule.notice(&binding("b", 3), interval, now);
+        schedule.finish(&b, SyncRecord { unchanged: true, ..schedule.states[&b].record.clone().unwrap() }, now + interval);
+        assert_eq!(schedule.take_due(Instant::now()), std::slice::from_ref(&b), "changed while in flight: polled again at once");
+        schedule.finish(&b, schedule.states[&b].record.clone().unwrap(), now + interval);
+        assert_eq!(schedule.take_due(now + interval), [a.clone(), b.clone()], "due again one interval on");
+        assert_eq!(schedule.retain(&HashSet::from([a.clone()])), [b]);
+        assert_eq!(schedule.states.keys().collect::<Vec<_>>(), [&a]);
+        assert!(schedule.queue.iter().all(|(_, _, name)| name == "a"));
     }
 
     #[test]

@@ -86,10 +86,17 @@ fn when(t: &Time) -> String {
     t.0.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// `validation` is `[Ready, CredentialsValid]` from the binding check.
+/// The poll reason of a token the provider refused (also read back from status).
+pub const REJECTED: &str = "Rejected";
+
+/// `validation` holds the binding check's `Ready` and `CredentialsValid`, found by type.
 pub fn compose(validation: Vec<DesiredCondition>, last: LastPoll<'_>, cache_fallback: bool) -> Vec<DesiredCondition> {
-    let mut ready = validation[0].clone();
-    let mut credentials = validation[1].clone();
+    let of = |type_: &'static str| {
+        let found = validation.iter().find(|c| c.type_ == type_).cloned();
+        found.unwrap_or_else(|| DesiredCondition::unknown(type_, "NotValidated", "the binding was not validated"))
+    };
+    let mut ready = of(READY);
+    let mut credentials = of(CREDENTIALS_VALID);
     if !ready.is_true() {
         let not_polled = format!("not polled: {}", ready.message);
         return vec![
@@ -151,7 +158,7 @@ pub fn compose(validation: Vec<DesiredCondition>, last: LastPoll<'_>, cache_fall
         Some(error) => {
             let reason = error.reason();
             if let ProviderError::CredentialsRejected { .. } = error {
-                credentials = DesiredCondition::new(CREDENTIALS_VALID, false, "Rejected", error.to_string());
+                credentials = DesiredCondition::new(CREDENTIALS_VALID, false, REJECTED, error.to_string());
             }
             ready = DesiredCondition::new(READY, false, reason, error.to_string());
             if !cache_fallback || sync.succeeded_at.is_some() {

@@ -85,6 +85,10 @@ async fn reconcile_inner(binding: &ToolBinding, ctx: &Context) -> Result<Action,
     };
     let status = binding_status(binding, &previous, &desired, record.as_ref(), &now);
     let workspace = ctx.stores.workspaces.get(&ObjectRef::<Workspace>::new(&binding.spec.workspace_ref.name).within(&namespace));
+    if let Some(engine) = &ctx.engine {
+        // A new binding or spec is scheduled now, not at the engine's next rescan.
+        engine.notice(binding, workspace.as_deref());
+    }
     let heartbeat = Engine::interval(binding, workspace.as_deref()) * HEARTBEAT_INTERVALS;
     if needs_write(&previous, &status, heartbeat, &now) {
         ctx.apply_status(CONTROLLER, binding, &status).await?;
@@ -158,14 +162,8 @@ async fn publish_transitions(binding: &ToolBinding, ctx: &Context, previous: &To
     }
     let failing = |s: &ToolBindingStatus| s.summary.as_ref().map_or(0, |s| s.failing_pipelines);
     if failing(status) > failing(previous) {
-        let names: Vec<String> = status
-            .items
-            .iter()
-            .flat_map(|i| &i.pipelines)
-            .filter(|p| matches!(p.state.as_deref(), Some("failure" | "failed" | "timed_out" | "startup_failure" | "unstable")))
-            .map(|p| p.id.clone())
-            .take(5)
-            .collect();
+        let names: Vec<String> =
+            status.items.iter().flat_map(|i| &i.pipelines).filter(|p| p.failing).map(|p| p.id.clone()).take(5).collect();
         let note = format!("{} pipelines failing (was {}): {}", failing(status), failing(previous), names.join(", "));
         ctx.publish_event(CONTROLLER, &reference, true, "PipelineFailing", note, "Sync").await;
     }

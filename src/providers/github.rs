@@ -14,7 +14,7 @@
 
 use super::http::{Fetched, List, Request, UpstreamClient};
 use super::{MAX_ITEMS, PollRequest, ProviderError, Snapshot, Text, User, item};
-use crate::api::toolbinding::Capability;
+use crate::api::toolbinding::{Capability, Item};
 use serde::{Deserialize, Serialize};
 
 /// One `Accept` (GitHub's media type) and the API version.
@@ -236,14 +236,17 @@ async fn workflows(
             snapshot.summary.failing_pipelines += 1;
         }
         let shown = if failing { decisive.unwrap_or(newest) } else { newest };
-        snapshot.items.pipelines.push(item(
-            format!("{repository}/{}", workflow.name),
-            shown.display_title.as_deref().unwrap_or(&workflow.name),
-            &shown.html_url,
-            shown.conclusion.as_deref().or(shown.status.as_deref()),
-            shown.actor.as_ref().and_then(|u| u.login.as_deref()),
-            shown.updated_at.as_deref(),
-        ));
+        snapshot.items.pipelines.push(Item {
+            failing,
+            ..item(
+                format!("{repository}/{}", workflow.name),
+                shown.display_title.as_deref().unwrap_or(&workflow.name),
+                &shown.html_url,
+                shown.conclusion.as_deref().or(shown.status.as_deref()),
+                shown.actor.as_ref().and_then(|u| u.login.as_deref()),
+                shown.updated_at.as_deref(),
+            )
+        });
     }
     Ok(())
 }

@@ -13,7 +13,7 @@
 
 use super::http::{Fetched, List, Request, UpstreamClient};
 use super::{MAX_ITEMS, PollRequest, ProviderError, Snapshot, Text, User, item};
-use crate::api::toolbinding::{Capability, GapKind};
+use crate::api::toolbinding::{Capability, GapKind, Item};
 use serde::{Deserialize, Serialize};
 
 /// GitLab omits `X-Total` above this many results.
@@ -141,14 +141,17 @@ pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<
                 snapshot.summary.failing_pipelines += 1;
             }
             let shown = if failing { decisive.unwrap_or(newest) } else { newest };
-            snapshot.items.pipelines.push(item(
-                format!("{project}/pipelines/{}", shown.id),
-                &format!("{project} @ {}", shown.git_ref),
-                &shown.web_url,
-                Some(shown.status.as_str()),
-                None,
-                shown.updated_at.as_deref(),
-            ));
+            snapshot.items.pipelines.push(Item {
+                failing,
+                ..item(
+                    format!("{project}/pipelines/{}", shown.id),
+                    &format!("{project} @ {}", shown.git_ref),
+                    &shown.web_url,
+                    Some(shown.status.as_str()),
+                    None,
+                    shown.updated_at.as_deref(),
+                )
+            });
         }
     }
     Ok(snapshot)

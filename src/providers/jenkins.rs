@@ -8,6 +8,7 @@
 
 use super::http::{Fetched, UpstreamClient};
 use super::{PollRequest, ProviderError, Snapshot, Text, item};
+use crate::api::toolbinding::Item;
 use serde::{Deserialize, Serialize};
 
 const TREE: &str =
@@ -83,14 +84,17 @@ pub async fn poll(client: &UpstreamClient, request: &PollRequest<'_>) -> Result<
         };
         let updated = shown.and_then(|b| b.timestamp).and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()).map(|t| t.to_string());
         let number = shown.and_then(|b| b.number).map(|n| format!(" #{n}")).unwrap_or_default();
-        snapshot.items.pipelines.push(item(
-            format!("{job}{number}"),
-            body.name.as_deref().unwrap_or(job),
-            shown.and_then(|b| b.url.as_deref()).or(body.url.as_deref()).unwrap_or_default(),
-            Some(&state),
-            None,
-            updated.as_deref(),
-        ));
+        snapshot.items.pipelines.push(Item {
+            failing,
+            ..item(
+                format!("{job}{number}"),
+                body.name.as_deref().unwrap_or(job),
+                shown.and_then(|b| b.url.as_deref()).or(body.url.as_deref()).unwrap_or_default(),
+                Some(&state),
+                None,
+                updated.as_deref(),
+            )
+        });
     }
     Ok(snapshot)
 }

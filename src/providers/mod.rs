@@ -343,6 +343,7 @@ pub(crate) fn item(id: String, title: &str, url: &str, state: Option<&str>, auth
         state: state.map(|s| clip(s, 64)),
         author: author.map(|s| clip(s, 128)),
         updated_at: time(updated),
+        failing: false,
     }
 }
 

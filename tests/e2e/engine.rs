@@ -56,6 +56,34 @@ fn repos() -> BTreeMap<String, Repo> {
     BTreeMap::from([(name.to_string(), repo)])
 }
 
+/// A Workspace `payments` polling every `interval`, with GitHub, GitLab and Jira bindings on
+/// the fakes at these URLs, and their Secrets.
+fn three_tools(interval: &str, github: &str, gitlab: &str, jira: &str) -> String {
+    // Opted in, and pinned to the fake each token is meant for.
+    let secret = |name: &str, token: &str, endpoint: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  labels: {{hyperpage.dev/credential: \"true\"}}\n  \
+             annotations: {{hyperpage.dev/endpoints: \"{endpoint}\"}}\nstringData: {{token: {token}}}\n---\n"
+        )
+    };
+    let binding = |name: &str, provider: &str, endpoint: &str, block: &str| {
+        format!(
+            "apiVersion: hyperpage.dev/v1alpha1\nkind: ToolBinding\nmetadata: {{name: {name}}}\nspec:\n  workspaceRef: {{name: payments}}\n  \
+             provider: {provider}\n  endpoint: {endpoint}\n  credentialsSecretRef: {{name: {name}-token, key: token}}\n  {block}\n---\n"
+        )
+    };
+    [
+        secret("github-token", TOKEN, github),
+        secret("gitlab-token", GITLAB_TOKEN, gitlab),
+        secret("jira-token", JIRA_TOKEN, jira),
+        format!("apiVersion: hyperpage.dev/v1alpha1\nkind: Workspace\nmetadata: {{name: payments}}\nspec: {{refreshInterval: {interval}, portal: {{replicas: 1}}}}\n---\n"),
+        binding("github", "github", github, "github: {repositories: [acme/payments-api]}\n  rateLimit: {minRemaining: 0}"),
+        binding("gitlab", "gitlab", gitlab, "gitlab: {projects: [payments/ledger]}"),
+        binding("jira", "jira", jira, "jira: {jql: project = PAY}"),
+    ]
+    .concat()
+}
+
 fn condition(binding: &ToolBinding, type_: &str) -> Option<(String, String)> {
     binding.status.as_ref().and_then(|s| conditions::find(&s.conditions, type_)).map(|c| (c.status.clone(), c.reason.clone()))
 }
@@ -76,31 +104,7 @@ async fn the_engine_fills_statuses_follows_changes_and_respects_the_quota() {
 
     let gitlab_fake = Gitlab::start(projects()).await;
     let jira_fake = Jira::start(tickets()).await;
-    // Opted in, and pinned to the fake each token is meant for.
-    let secret = |name: &str, token: &str, endpoint: &str| {
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  labels: {{hyperpage.dev/credential: \"true\"}}\n  \
-             annotations: {{hyperpage.dev/endpoints: \"{endpoint}\"}}\nstringData: {{token: {token}}}\n---\n"
-        )
-    };
-    let binding = |name: &str, provider: &str, endpoint: &str, block: &str| {
-        format!(
-            "apiVersion: hyperpage.dev/v1alpha1\nkind: ToolBinding\nmetadata: {{name: {name}}}\nspec:\n  workspaceRef: {{name: payments}}\n  \
-             provider: {provider}\n  endpoint: {endpoint}\n  credentialsSecretRef: {{name: {name}-token, key: token}}\n  {block}\n---\n"
-        )
-    };
-    let manifest = [
-        secret("github-token", TOKEN, &fake.url()),
-        secret("gitlab-token", GITLAB_TOKEN, &gitlab_fake.url()),
-        secret("jira-token", JIRA_TOKEN, &jira_fake.url()),
-        "apiVersion: hyperpage.dev/v1alpha1\nkind: Workspace\nmetadata: {name: payments}\nspec: {refreshInterval: 30s, portal: {replicas: 1}}\n---\n"
-            .to_string(),
-        binding("github", "github", &fake.url(), "github: {repositories: [acme/payments-api]}\n  rateLimit: {minRemaining: 0}"),
-        binding("gitlab", "gitlab", &gitlab_fake.url(), "gitlab: {projects: [payments/ledger]}"),
-        binding("jira", "jira", &jira_fake.url(), "jira: {jql: project = PAY}"),
-    ]
-    .concat();
-    apply_yaml(&client, &ns.name, &manifest).await;
+    apply_yaml(&client, &ns.name, &three_tools("30s", &fake.url(), &gitlab_fake.url(), &jira_fake.url())).await;
 
     let bindings: Api<ToolBinding> = Api::namespaced(client.clone(), &ns.name);
     let workspaces: Api<Workspace> = Api::namespaced(client.clone(), &ns.name);
@@ -194,4 +198,122 @@ async fn the_engine_fills_statuses_follows_changes_and_respects_the_quota() {
         }
     }
     assert!(haystack.contains("hyperpage_upstream_requests_total"), "the scan covered the metrics");
+}
+
+/// A throwaway Redis on a free loopback port (Debian's redis-server), stopped when dropped.
+struct RedisServer {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Warm failover: with every binding's data in status and the cache in Redis, SIGKILL the
+/// leader. The new leader writes no status for the unchanged bindings, no binding leaves
+/// Ready=True, and no upstream request is made before each binding's next due time; after
+/// it, GitHub answers 304s from the validators the old leader left in Redis.
+#[tokio::test]
+#[ignore = "needs a cluster: make e2e"]
+async fn a_new_leader_takes_over_warm_and_quietly() {
+    let _serial = serial().await;
+    let client = crate::setup().await;
+    let ns = TestNamespace::create(&client, "e2e-warm").await;
+    let redis = RedisServer::start();
+    let key_file = std::env::temp_dir().join(format!("hyperpage-e2e-cache-key-{}", std::process::id()));
+    std::fs::write(&key_file, "e2e-install-key-0123456789abcdef").unwrap();
+    let github_fake = Github::start(repos()).await;
+    let gitlab_fake = Gitlab::start(projects()).await;
+    let jira_fake = Jira::start(tickets()).await;
+    let lease = "e2e-warm-failover";
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let _ = leases.delete(lease, &Default::default()).await;
+    let redis_url = format!("--redis-url=redis://127.0.0.1:{}/", redis.port);
+    let key_arg = format!("--cache-key-file={}", key_file.display());
+    let extra = ["--polling=true", "--allow-private-cidrs=127.0.0.0/8", "--allow-insecure-http=true", &redis_url, &key_arg];
+    let a = Operator::start(OperatorOptions { identity: "warm-a", lease_name: lease, extra: &extra });
+    let b = Operator::start(OperatorOptions { identity: "warm-b", lease_name: lease, extra: &extra });
+
+    // 40s: long enough for the takeover (6s lease) to happen well before the next poll.
+    let interval = Duration::from_secs(40);
+    apply_yaml(&client, &ns.name, &three_tools("40s", &github_fake.url(), &gitlab_fake.url(), &jira_fake.url())).await;
+    let bindings: Api<ToolBinding> = Api::namespaced(client.clone(), &ns.name);
+    let names = ["github", "gitlab", "jira"];
+    wait_for("every binding Ready=True", Duration::from_secs(60), || async {
+        for name in names {
+            let b = bindings.get(name).await.ok()?;
+            (condition(&b, READY)? == ("True".into(), "Synced".into())).then_some(())?;
+        }
+        Some(())
+    })
+    .await;
+    // Let the first leader's writes settle (conditions, roll-up), then note each due time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = if a.metric("hyperpage_leader ").await == Some(1.0) { a } else { b };
+    let mut due = Vec::new();
+    for name in names {
+        let status = bindings.get(name).await.unwrap().status.unwrap();
+        let last = status.last_sync_time.unwrap().0;
+        due.push(last + jiff::SignedDuration::try_from(interval).unwrap());
+    }
+    let first_due = *due.iter().min().unwrap();
+
+    leader.signal("KILL");
+    let offset = audit_log_size();
+    for fake in [&github_fake.shared, &gitlab_fake.shared, &jira_fake.shared] {
+        fake.clear();
+    }
+    // Until one second before the first due time: no request upstream, no status write,
+    // Ready=True throughout (checked every half second).
+    let quiet_until = first_due - jiff::SignedDuration::from_secs(1);
+    assert!(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(10) < quiet_until, "the window covers the takeover");
+    let mut checks = 0;
+    while jiff::Timestamp::now() < quiet_until {
+        for name in names {
+            let b = bindings.get(name).await.unwrap();
+            assert_eq!(condition(&b, READY).unwrap().0, "True", "{name} left Ready=True during the failover");
+        }
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let upstream: usize = [&github_fake.shared, &gitlab_fake.shared, &jira_fake.shared].iter().map(|f| f.requests().len()).sum();
+    assert_eq!(upstream, 0, "no upstream request before the next due time");
+    if let Some(offset) = offset {
+        let writes: Vec<_> = audit_events_since(offset)
+            .into_iter()
+            .filter(|e| e["objectRef"]["resource"] == "toolbindings" && e["objectRef"]["namespace"] == ns.name.as_str())
+            .filter(|e| !["get", "list", "watch"].contains(&e["verb"].as_str().unwrap_or("")))
+            .filter(|e| e["stage"] == "ResponseComplete")
+            .collect();
+        assert!(writes.is_empty(), "the new leader wrote ToolBinding status: {writes:#?}");
+        eprintln!("warm failover: 0 ToolBinding writes, 0 upstream requests, Ready=True in {checks} checks until the first due time");
+    }
+
+    // After the due time the new leader polls; GitHub's answers are 304s from Redis' validators.
+    wait_for("the new leader's first poll", interval, || async { (!github_fake.shared.requests().is_empty()).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = github_fake.shared.requests();
+    assert!(seen.iter().all(|s| s.status == 304), "warm from Redis: {seen:?}");
+    let _ = std::fs::remove_file(&key_file);
 }
