@@ -224,7 +224,7 @@ fn hyperpage_container(ws: &Workspace, portal: &PortalSpec, config: &BuildConfig
                 EnvVar { name: "HYPERPAGE_WORKSPACE".into(), value: Some(ws.name_any()), ..Default::default() },
             ]
             .into_iter()
-            .chain(if api_only { Vec::new() } else { super::portal_access::portal_env(ws, &config.portal_access) })
+            .chain(super::portal_access::portal_env(ws, &config.portal_access, api_only))
             .collect(),
         ),
         volume_mounts: (!api_only)
@@ -482,7 +482,7 @@ mod tests {
         assert_eq!(container.image.as_deref(), Some("ghcr.io/hyperpage-dev/hyperpage:0.1.0"));
         assert_eq!(container.args.as_deref(), Some(&["portal".to_string()][..]));
         let env: Vec<_> = container.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(env, ["HYPERPAGE_NAMESPACE", "HYPERPAGE_WORKSPACE"]);
+        assert_eq!(env, ["HYPERPAGE_NAMESPACE", "HYPERPAGE_WORKSPACE", "HYPERPAGE_ALLOWED_HOSTS"]);
         assert_eq!(c.deployment.spec.as_ref().unwrap().replicas, Some(1));
         let rule = &c.role.rules.as_ref().unwrap()[0];
         assert_eq!(rule.verbs, ["get", "list", "watch"], "the portal's Role is read-only");

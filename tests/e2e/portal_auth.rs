@@ -200,6 +200,21 @@ async fn the_portal_lets_in_exactly_whom_rbac_allows_to_get_the_workspace() {
     assert!(!metrics.contains("acme") && !metrics.contains(":reader"), "no tenant data or identities in metrics");
     let log = portal.log_text();
     assert!(!log.contains(&reader) && !log.contains(&bound), "no token in the portal's log");
+
+    // SIGTERM drains: the live stream ends (a browser reconnects through the Service to a pod
+    // that stays) and the process exits cleanly, well within its 10 s drain timeout.
+    let mut portal = portal;
+    let mut stream = reqwest::Client::new().get(format!("{}/events", portal.url())).bearer_auth(&reader).send().await.unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let first = stream.chunk().await.unwrap().expect("the dashboard at once");
+    assert!(String::from_utf8_lossy(&first).contains("event: dashboard"));
+    let started = std::time::Instant::now();
+    portal.signal("TERM");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async { while let Ok(Some(_)) = stream.chunk().await {} }).await;
+    assert!(ended.is_ok(), "the stream ended on SIGTERM");
+    let status = portal.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "clean exit: {status:?}");
+    eprintln!("SIGTERM: stream ended and the portal exited in {:?}", started.elapsed());
     drop(portal);
 
     // `public`: anyone who reaches it.
