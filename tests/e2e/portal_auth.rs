@@ -2,19 +2,13 @@
 //! `get` its Workspace, checked with the API server's own TokenReview and
 //! LocalSubjectAccessReview, with the grants the chart and the operator hand out.
 
+use crate::setup;
 use crate::support::*;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::Client;
 use kube::api::Api;
 use std::path::PathBuf;
 use std::time::Duration;
-
-async fn setup() -> Client {
-    let client = client().await;
-    install_crds(&client).await;
-    ensure_namespace(&client, LEASE_NAMESPACE).await;
-    client
-}
 
 /// The chart's portal-auth.yaml (rendered with the release name `hyperpage-operator`),
 /// applied with kubectl and deleted again when dropped: the ClusterRoles and bindings are
