@@ -549,6 +549,12 @@ pub fn openapi() -> &'static serde_json::Value {
         };
         let json = |description: &str, reference: serde_json::Value| serde_json::json!({"description": description, "content": {"application/json": {"schema": reference}}});
         let error = serde_json::json!({"type": "object", "properties": {"error": {"type": "string"}}});
+        let refusal = serde_json::json!({"type": "object", "properties": {
+            "error": {"type": "string"}, "user": {"type": "string"}, "groups": {"type": "array", "items": {"type": "string"}},
+            "missingPermission": {"type": "string"}
+        }});
+        let unauthenticated = json("No bearer token, or one the API server does not accept (access mode kubernetes)", error.clone());
+        let forbidden = json("RBAC does not allow this identity to get the Workspace: who it is and the missing permission", refusal);
         serde_json::json!({
             "openapi": "3.1.0",
             "info": {
@@ -559,17 +565,22 @@ pub fn openapi() -> &'static serde_json::Value {
             "paths": {
                 "/api/v1/workspace": {"get": {"summary": "The portal's Workspace (spec and status)", "responses": {
                     "200": json("The Workspace", serde_json::json!({"$ref": "#/components/schemas/Workspace"})),
-                    "404": json("The Workspace is not in the cache (deleted, or not readable)", error)
+                    "404": json("The Workspace is not in the cache (deleted, or not readable)", error),
+                    "401": unauthenticated.clone(), "403": forbidden.clone()
                 }}},
                 "/api/v1/toolbindings": {"get": {"summary": "The ToolBindings that reference the Workspace, sorted by name", "responses": {
-                    "200": json("The bindings", serde_json::json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/ToolBinding"}}}}))
+                    "200": json("The bindings", serde_json::json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/ToolBinding"}}}})),
+                    "401": unauthenticated.clone(), "403": forbidden.clone()
                 }}},
-                "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
-                "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
-                "/readyz": {"get": {"summary": "Readiness: the Workspace and the bindings are in the cache", "responses": {"200": {"description": "ok"}, "503": {"description": "not yet"}}}},
-                "/metrics": {"get": {"summary": "OpenMetrics (hyperpage_portal_*)", "responses": {"200": {"description": "metrics"}}}}
+                "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}, "401": unauthenticated, "403": forbidden}}},
+                "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
+                "/readyz": {"get": {"summary": "Readiness: the Workspace and the bindings are in the cache", "security": [], "responses": {"200": {"description": "ok"}, "503": {"description": "not yet"}}}}
             },
-            "components": {"schemas": {"Workspace": schema(Workspace::crd()), "ToolBinding": schema(ToolBinding::crd())}}
+            "security": [{"bearer": []}],
+            "components": {
+                "schemas": {"Workspace": schema(Workspace::crd()), "ToolBinding": schema(ToolBinding::crd())},
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A token the cluster's API server accepts (ServiceAccount or OIDC ID token); access mode kubernetes"}}
+            }
         })
     });
     &DOC

@@ -195,6 +195,10 @@ async fn api_only_mode_serves_no_page() {
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["components"]["schemas"]["ToolBinding"]["properties"]["status"]["properties"]["items"].is_object());
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert!(doc["paths"]["/api/v1/workspace"]["get"]["responses"]["403"]["content"].is_object(), "the refusal is documented");
+    assert_eq!(doc["paths"]["/readyz"]["get"]["security"], serde_json::json!([]), "probes are open");
+    assert!(doc["paths"].get("/metrics").is_none(), "metrics are not on this port");
 }
 
 /// A scripted API server that answers TokenReviews and LocalSubjectAccessReviews: `alice`'s
