@@ -292,6 +292,23 @@ struct PortalArgs {
     /// File holding the session key (64 bytes; the operator's per-Workspace Secret).
     #[arg(long, env = "HYPERPAGE_SESSION_KEY_FILE")]
     session_key_file: Option<std::path::PathBuf>,
+
+    /// Host names served besides loopback (comma-separated: the Ingress host, the Service's
+    /// names); requests for any other Host get 421. Empty: any Host.
+    #[arg(long, env = "HYPERPAGE_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
+
+    /// Live `/events` connections allowed per signed-in identity.
+    #[arg(long, env = "HYPERPAGE_MAX_STREAMS_PER_IDENTITY", default_value_t = hyperpage::portal::MAX_STREAMS_PER_IDENTITY)]
+    max_streams_per_identity: usize,
+
+    /// Live `/events` connections allowed per portal process.
+    #[arg(long, env = "HYPERPAGE_MAX_STREAMS", default_value_t = hyperpage::portal::MAX_STREAMS)]
+    max_streams: usize,
+
+    /// On SIGTERM, how long to wait for open requests after ending the live streams.
+    #[arg(long, env = "HYPERPAGE_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
 }
 
 fn parse_proxy(value: &str) -> Result<url::Url, String> {
@@ -423,6 +440,10 @@ async fn run_portal(args: PortalArgs) -> Result<(), Box<dyn std::error::Error + 
         metrics_listen: args.metrics_listen,
         api_only: args.api_only,
         access_mode: args.access_mode,
+        allowed_hosts: args.allowed_hosts,
+        max_streams_per_identity: args.max_streams_per_identity,
+        max_streams: args.max_streams,
+        drain_timeout: args.drain_timeout,
         oidc: match (args.oidc_issuer_url, args.oidc_client_id, args.session_key_file) {
             (Some(issuer_url), Some(client_id), Some(session_key_file)) => Some(hyperpage::portal::oidc::OidcConfig {
                 issuer_url,

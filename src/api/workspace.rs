@@ -134,6 +134,23 @@ impl AccessMode {
     }
 }
 
+impl std::str::FromStr for AccessMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kubernetes" => Ok(Self::Kubernetes),
+            "public" => Ok(Self::Public),
+            other => Err(format!("unknown access mode {other:?}: expected kubernetes or public")),
+        }
+    }
+}
+
+impl std::fmt::Display for AccessMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 fn default_replicas() -> i32 {
     1
 }

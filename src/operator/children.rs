@@ -276,7 +276,7 @@ fn hyperpage_container(ws: &Workspace, portal: &PortalSpec, config: &BuildConfig
                 },
             ]
             .into_iter()
-            .chain(if api_only { Vec::new() } else { super::portal_access::portal_env(ws, &config.portal_access) })
+            .chain(super::portal_access::portal_env(ws, &config.portal_access, api_only))
             .collect(),
         ),
         volume_mounts: (!api_only)
@@ -551,7 +551,7 @@ mod tests {
         assert_eq!(container.image.as_deref(), Some("ghcr.io/hyperpage-dev/hyperpage:0.1.0"));
         assert_eq!(container.args.as_deref(), Some(&["portal".to_string()][..]));
         let env: Vec<_> = container.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(env, ["HYPERPAGE_NAMESPACE", "HYPERPAGE_WORKSPACE", ACCESS_MODE_ENV]);
+        assert_eq!(env, ["HYPERPAGE_NAMESPACE", "HYPERPAGE_WORKSPACE", ACCESS_MODE_ENV, "HYPERPAGE_ALLOWED_HOSTS"]);
         assert_eq!(c.deployment.spec.as_ref().unwrap().replicas, Some(1));
         let rule = &c.role.rules.as_ref().unwrap()[0];
         assert_eq!(rule.verbs, ["get", "list", "watch"], "the portal's Role is read-only");

@@ -86,11 +86,29 @@ fn env(name: &str, value: &str) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
 }
 
-/// The portal container's sign-in settings: issuer, client, its own address for the
+/// The names a portal answers to: its Ingress host and its Service's DNS names (loopback
+/// is always allowed; probes skip the check).
+pub fn allowed_hosts(ws: &Workspace) -> Vec<String> {
+    let service = child_name(&ws.name_any());
+    let namespace = ws.namespace().unwrap_or_default();
+    let mut hosts: Vec<String> = ws.spec.portal.ingress.iter().map(|i| i.host.clone()).collect();
+    hosts.extend([
+        service.clone(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ]);
+    hosts
+}
+
+/// The hyperpage container's access settings: the host names it answers to and, for the
+/// page (not the sidecar's API container), sign-in: issuer, client, its own address for the
 /// redirect URI (the Ingress host when it has one), and the mounted session Secret.
-pub fn portal_env(ws: &Workspace, access: &PortalAccess) -> Vec<EnvVar> {
-    let Some(oidc) = &access.oidc else { return Vec::new() };
+pub fn portal_env(ws: &Workspace, access: &PortalAccess, api_only: bool) -> Vec<EnvVar> {
+    let hosts = env("HYPERPAGE_ALLOWED_HOSTS", &allowed_hosts(ws).join(","));
+    let Some(oidc) = access.oidc.as_ref().filter(|_| !api_only) else { return vec![hosts] };
     let mut vars = vec![
+        hosts,
         env("HYPERPAGE_OIDC_ISSUER_URL", &oidc.issuer_url),
         env("HYPERPAGE_OIDC_CLIENT_ID", &oidc.client_id),
         env("HYPERPAGE_EXTERNAL_URL", &super::children::portal_url(ws)),
@@ -266,9 +284,20 @@ mod tests {
     #[test]
     fn sign_in_settings_reach_the_portal_as_env_and_a_mounted_secret() {
         let mut ws = (*ws("team-a", "payments", false)).clone();
-        assert!(portal_env(&ws, &PortalAccess::default()).is_empty() && session_volume(&ws, &PortalAccess::default()).is_none());
+        let names = |vars: Vec<EnvVar>| vars.into_iter().map(|v| v.name).collect::<Vec<_>>();
+        assert_eq!(names(portal_env(&ws, &PortalAccess::default(), false)), ["HYPERPAGE_ALLOWED_HOSTS"]);
+        assert!(session_volume(&ws, &PortalAccess::default()).is_none());
+        assert_eq!(
+            names(portal_env(&ws, &oidc(), true)),
+            ["HYPERPAGE_ALLOWED_HOSTS"],
+            "the sidecar's API container takes bearer tokens only"
+        );
         ws.spec.portal.ingress = serde_norway::from_str("{host: payments.portal.example, tlsSecretName: tls}").unwrap();
-        let vars: BTreeMap<_, _> = portal_env(&ws, &oidc()).into_iter().map(|v| (v.name, v.value.unwrap())).collect();
+        let vars: BTreeMap<_, _> = portal_env(&ws, &oidc(), false).into_iter().map(|v| (v.name, v.value.unwrap())).collect();
+        assert_eq!(
+            vars["HYPERPAGE_ALLOWED_HOSTS"],
+            "payments.portal.example,payments-portal,payments-portal.team-a,payments-portal.team-a.svc,payments-portal.team-a.svc.cluster.local"
+        );
         assert_eq!(vars["HYPERPAGE_OIDC_ISSUER_URL"], "https://idp.example");
         assert_eq!(vars["HYPERPAGE_OIDC_CLIENT_ID"], "portals");
         assert_eq!(vars["HYPERPAGE_EXTERNAL_URL"], "https://payments.portal.example/", "the redirect URI follows the Ingress host");

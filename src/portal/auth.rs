@@ -29,35 +29,9 @@ pub const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Entries kept per cache before expired ones are dropped (and, if still full, all).
 const CACHE_CAPACITY: usize = 10_000;
 
-/// Who may see the portal.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum AccessMode {
-    /// Everyone the cluster's RBAC allows to `get` the Workspace, and no one else.
-    #[default]
-    Kubernetes,
-    /// Anyone who can reach it (a wall display); the operator allows it only by policy.
-    Public,
-}
-
-impl std::str::FromStr for AccessMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "kubernetes" => Ok(Self::Kubernetes),
-            "public" => Ok(Self::Public),
-            other => Err(format!("unknown access mode {other:?}: expected kubernetes or public")),
-        }
-    }
-}
-
-impl fmt::Display for AccessMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Kubernetes => "kubernetes",
-            Self::Public => "public",
-        })
-    }
-}
+/// Who may see the portal: the Workspace API's mode, as the operator passes it (the
+/// effective one, after its policy), never read from the spec here.
+pub use crate::api::workspace::AccessMode;
 
 /// A user as the API server knows them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

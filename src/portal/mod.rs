@@ -22,6 +22,7 @@
 //! or a browser session ([`session`]).
 
 pub mod auth;
+pub mod limits;
 pub mod oidc;
 mod page;
 pub mod session;
@@ -35,7 +36,7 @@ use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::{Router, routing::get};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -62,7 +63,19 @@ pub struct PortalConfig {
     pub access_mode: auth::AccessMode,
     /// Browser sign-in (kubernetes mode only).
     pub oidc: Option<oidc::OidcConfig>,
+    /// The `Host`s served besides loopback (the Ingress host, the Service's names); empty:
+    /// any.
+    pub allowed_hosts: Vec<String>,
+    /// Open `/events` streams allowed per signed-in identity and per pod.
+    pub max_streams_per_identity: usize,
+    pub max_streams: usize,
+    /// How long a SIGTERM waits for open connections after telling `/events` streams to end.
+    pub drain_timeout: Duration,
 }
+
+/// Default caps on open `/events` streams.
+pub const MAX_STREAMS_PER_IDENTITY: usize = 10;
+pub const MAX_STREAMS: usize = 1000;
 
 /// How requests are let in.
 #[derive(Clone)]
@@ -135,6 +148,10 @@ pub struct PortalState {
     pub access: Access,
     /// Browser sign-in, when configured.
     pub oidc: Option<Arc<oidc::Oidc>>,
+    pub hosts: limits::AllowedHosts,
+    pub streams: limits::StreamLimits,
+    /// Set on SIGTERM: open `/events` streams end, so browsers reconnect to another pod.
+    draining: Arc<watch::Sender<bool>>,
     changes: Arc<watch::Sender<u64>>,
     bindings_synced: Arc<AtomicBool>,
 }
@@ -144,6 +161,9 @@ impl PortalState {
         Self {
             access,
             oidc: None,
+            hosts: limits::AllowedHosts::default(),
+            streams: limits::StreamLimits::new(MAX_STREAMS_PER_IDENTITY, MAX_STREAMS),
+            draining: Arc::new(watch::channel(false).0),
             namespace,
             workspace,
             workspaces,
@@ -161,6 +181,11 @@ impl PortalState {
     /// This workspace's bindings, by name.
     pub fn bindings(&self) -> Vec<Arc<ToolBinding>> {
         crate::operator::workspace::bindings_of(&self.bindings.state(), &self.namespace, &self.workspace)
+    }
+
+    /// Ends every open `/events` stream (and refuses new ones): the pod is going away.
+    pub fn drain(&self) {
+        self.draining.send_replace(true);
     }
 
     /// Tells open `/events` streams that the cache changed.
@@ -182,7 +207,7 @@ pub fn router(state: PortalState, api_only: bool) -> Router {
         .route("/api/v1/workspace", get(api_workspace))
         .route("/api/v1/toolbindings", get(api_bindings))
         .route("/api/v1/openapi.json", get(api_openapi));
-    let mut open = probes();
+    let mut open = Router::new();
     if !api_only {
         private = private.route("/", get(index)).route("/fragment", get(fragment)).route("/events", get(events));
         if state.oidc.is_some() {
@@ -198,7 +223,18 @@ pub fn router(state: PortalState, api_only: bool) -> Router {
             .route("/assets/favicon.svg", get(|| async { asset("image/svg+xml", page::FAVICON) }));
     }
     let private = private.route_layer(axum::middleware::from_fn_with_state(state.clone(), require_access));
-    private.merge(open).with_state(state).layer(axum::middleware::map_response(security_headers))
+    // Probes come from the kubelet with the pod's IP as Host: they skip the Host check.
+    let checked = private.merge(open).route_layer(axum::middleware::from_fn_with_state(state.clone(), require_host));
+    checked.merge(probes()).with_state(state).layer(axum::middleware::map_response(security_headers))
+}
+
+/// Refuses a request for a name this portal is not (DNS rebinding, a stray Ingress).
+async fn require_host(State(state): State<PortalState>, request: Request, next: Next) -> Response {
+    if state.hosts.allows(host(request.headers())) {
+        return next.run(request).await;
+    }
+    state.metrics.access.get_or_create(&label("outcome", "wrong_host")).inc();
+    (StatusCode::MISDIRECTED_REQUEST, "this portal does not answer to that host name\n").into_response()
 }
 
 fn probes() -> Router<PortalState> {
@@ -513,6 +549,12 @@ pub fn openapi() -> &'static serde_json::Value {
         };
         let json = |description: &str, reference: serde_json::Value| serde_json::json!({"description": description, "content": {"application/json": {"schema": reference}}});
         let error = serde_json::json!({"type": "object", "properties": {"error": {"type": "string"}}});
+        let refusal = serde_json::json!({"type": "object", "properties": {
+            "error": {"type": "string"}, "user": {"type": "string"}, "groups": {"type": "array", "items": {"type": "string"}},
+            "missingPermission": {"type": "string"}
+        }});
+        let unauthenticated = json("No bearer token, or one the API server does not accept (access mode kubernetes)", error.clone());
+        let forbidden = json("RBAC does not allow this identity to get the Workspace: who it is and the missing permission", refusal);
         serde_json::json!({
             "openapi": "3.1.0",
             "info": {
@@ -523,17 +565,22 @@ pub fn openapi() -> &'static serde_json::Value {
             "paths": {
                 "/api/v1/workspace": {"get": {"summary": "The portal's Workspace (spec and status)", "responses": {
                     "200": json("The Workspace", serde_json::json!({"$ref": "#/components/schemas/Workspace"})),
-                    "404": json("The Workspace is not in the cache (deleted, or not readable)", error)
+                    "404": json("The Workspace is not in the cache (deleted, or not readable)", error),
+                    "401": unauthenticated.clone(), "403": forbidden.clone()
                 }}},
                 "/api/v1/toolbindings": {"get": {"summary": "The ToolBindings that reference the Workspace, sorted by name", "responses": {
-                    "200": json("The bindings", serde_json::json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/ToolBinding"}}}}))
+                    "200": json("The bindings", serde_json::json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/ToolBinding"}}}})),
+                    "401": unauthenticated.clone(), "403": forbidden.clone()
                 }}},
-                "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
-                "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
-                "/readyz": {"get": {"summary": "Readiness: the Workspace and the bindings are in the cache", "responses": {"200": {"description": "ok"}, "503": {"description": "not yet"}}}},
-                "/metrics": {"get": {"summary": "OpenMetrics (hyperpage_portal_*)", "responses": {"200": {"description": "metrics"}}}}
+                "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}, "401": unauthenticated, "403": forbidden}}},
+                "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
+                "/readyz": {"get": {"summary": "Readiness: the Workspace and the bindings are in the cache", "security": [], "responses": {"200": {"description": "ok"}, "503": {"description": "not yet"}}}}
             },
-            "components": {"schemas": {"Workspace": schema(Workspace::crd()), "ToolBinding": schema(ToolBinding::crd())}}
+            "security": [{"bearer": []}],
+            "components": {
+                "schemas": {"Workspace": schema(Workspace::crd()), "ToolBinding": schema(ToolBinding::crd())},
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A token the cluster's API server accepts (ServiceAccount or OIDC ID token); access mode kubernetes"}}
+            }
         })
     });
     &DOC
@@ -590,19 +637,32 @@ impl Drop for LiveClient {
     }
 }
 
-/// Server-sent events: the dashboard fragment at once, then whenever it changes.
-async fn events(State(state): State<PortalState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+/// Server-sent events: the dashboard fragment at once, then whenever it changes; ended when
+/// the pod drains, so the browser reconnects to another one.
+async fn events(State(state): State<PortalState>, identity: Option<axum::Extension<auth::Identity>>) -> Response {
     state.count("events");
+    let mut draining = state.draining.subscribe();
+    if *draining.borrow_and_update() {
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "shutting down\n").into_response();
+    }
+    let slot = match state.streams.acquire(identity.as_ref().map(|i| i.username.as_str())) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            state.metrics.access.get_or_create(&label("outcome", "too_many_streams")).inc();
+            return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "30")], format!("{refused}\n")).into_response();
+        }
+    };
     state.metrics.live_clients.inc();
-    let client = LiveClient(state.metrics.live_clients.clone());
+    let client = (LiveClient(state.metrics.live_clients.clone()), slot);
     let changes = state.changes.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     tick.reset();
-    let start = (state, changes, tick, None::<String>, true, client);
-    let stream = futures::stream::unfold(start, |(state, mut changes, mut tick, mut last, mut first, client)| async move {
+    let start = (state, (changes, draining), tick, None::<String>, true, client);
+    let stream = futures::stream::unfold(start, |(state, (mut changes, mut draining), mut tick, mut last, mut first, client)| async move {
         loop {
             if !first {
                 tokio::select! {
+                    _ = draining.changed() => return None,
                     changed = changes.changed() => {
                         if changed.is_err() {
                             return None;
@@ -619,11 +679,11 @@ async fn events(State(state): State<PortalState>) -> Sse<impl Stream<Item = Resu
             if last.as_deref() != Some(html.as_str()) {
                 let event = Event::default().event("dashboard").data(&html);
                 last = Some(html);
-                return Some((Ok(event), (state, changes, tick, last, first, client)));
+                return Some((Ok::<_, Infallible>(event), (state, (changes, draining), tick, last, first, client)));
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
 
 /// Drops what the portal never shows, so the cache stays small.
@@ -674,6 +734,8 @@ pub async fn run(client: Client, config: PortalConfig) -> Result<(), Box<dyn std
     if let (Some(oidc), Access::Kubernetes(_)) = (config.oidc.clone(), &state.access) {
         state.oidc = Some(oidc::Oidc::new(oidc)?);
     }
+    state.hosts = limits::AllowedHosts::new(config.allowed_hosts.clone());
+    state.streams = limits::StreamLimits::new(config.max_streams_per_identity.max(1), config.max_streams.max(1));
 
     let ws_state = state.clone();
     let ws_watch = watcher(ws_api, watcher::Config::default().fields(&format!("metadata.name={}", config.workspace)))
@@ -692,26 +754,43 @@ pub async fn run(client: Client, config: PortalConfig) -> Result<(), Box<dyn std
         });
 
     let metrics_app = metrics_router(state.clone());
+    let draining = state.clone();
     let app = router(state, config.api_only);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen).await?;
     tracing::info!(address = %config.listen, metrics = %config.metrics_listen, namespace = %config.namespace, workspace = %config.workspace, api_only = config.api_only, access = %config.access_mode, "portal listening");
-    let shutdown = async {
+    let shutdown = async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
-        tracing::info!("shutting down");
+        tracing::info!("shutting down: ending live streams and finishing open requests");
+        draining.drain();
     };
-    // No graceful drain: `/events` streams never end by themselves, and every request is
-    // answered from memory, so there is nothing to finish.
+    // Graceful: on SIGTERM the `/events` streams end (browsers reconnect through the Service
+    // to a pod that stays), open requests finish, for at most `drain_timeout`.
+    let (stopped, stop) = tokio::sync::oneshot::channel::<()>();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopped.send(());
+    });
+    let drain_timeout = config.drain_timeout;
+    let deadline = async move {
+        if stop.await.is_ok() {
+            tokio::time::sleep(drain_timeout).await;
+            tracing::warn!(?drain_timeout, "connections still open after the drain timeout; exiting");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
-        result = axum::serve(listener, app) => result?,
+        result = serve => result?,
         result = axum::serve(metrics_listener, metrics_app) => result?,
         _ = futures::future::join(ws_watch, tb_watch) => {}
-        _ = shutdown => {}
+        _ = deadline => {}
     }
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -195,6 +195,10 @@ async fn api_only_mode_serves_no_page() {
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["components"]["schemas"]["ToolBinding"]["properties"]["status"]["properties"]["items"].is_object());
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert!(doc["paths"]["/api/v1/workspace"]["get"]["responses"]["403"]["content"].is_object(), "the refusal is documented");
+    assert_eq!(doc["paths"]["/readyz"]["get"]["security"], serde_json::json!([]), "probes are open");
+    assert!(doc["paths"].get("/metrics").is_none(), "metrics are not on this port");
 }
 
 /// A scripted API server that answers TokenReviews and LocalSubjectAccessReviews: `alice`'s
@@ -292,4 +296,57 @@ async fn an_unreachable_api_server_refuses_rather_than_lets_in() {
     let port = serve(state, false).await;
     let (status, _, _) = get_with(port, "/api/v1/workspace", "Authorization: Bearer alice-token\r\n").await;
     assert!(status.contains("503"), "{status}");
+}
+
+/// A raw request (the caller writes every header, Host included).
+async fn raw(port: u16, request: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test]
+async fn only_the_configured_host_names_and_loopback_are_answered_but_probes_always_are() {
+    let mut f = fixture();
+    apply(&mut f.ws, WORKSPACE);
+    f.state.bindings_synced.store(true, Ordering::Relaxed);
+    let state = PortalState { hosts: limits::AllowedHosts::new(["payments.portal.example".to_string()]), ..f.state.clone() };
+    let port = serve(state, false).await;
+    let ok = raw(port, "GET /api/v1/workspace HTTP/1.0\r\nHost: payments.portal.example\r\n\r\n").await;
+    assert!(ok.starts_with("HTTP/1.0 200"), "{ok}");
+    assert!(get(port, "/").await.0.contains("200"), "localhost (a port-forward)");
+    for path in ["/", "/api/v1/workspace", "/assets/portal.css"] {
+        let refused = raw(port, &format!("GET {path} HTTP/1.0\r\nHost: attacker.example\r\n\r\n")).await;
+        assert!(refused.starts_with("HTTP/1.0 421"), "{path}: {refused}");
+        assert!(!refused.contains("payments"), "no data for a wrong host");
+    }
+    let probe = raw(port, "GET /readyz HTTP/1.0\r\nHost: 10.244.3.7:8080\r\n\r\n").await;
+    assert!(probe.starts_with("HTTP/1.0 200"), "the kubelet probes by pod IP: {probe}");
+}
+
+#[tokio::test]
+async fn live_streams_are_capped_and_end_when_the_pod_drains() {
+    let mut f = fixture();
+    apply(&mut f.ws, WORKSPACE);
+    let state = PortalState { streams: limits::StreamLimits::new(1, 2), ..f.state.clone() };
+    let port = serve(state.clone(), false).await;
+    let mut first = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    first.write_all(b"GET /events HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut seen = String::new();
+    read_until(&mut first, &mut seen, "event: dashboard").await;
+    let mut second = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    second.write_all(b"GET /events HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+    read_until(&mut second, &mut String::new(), "event: dashboard").await;
+    let (status, headers, body) = get(port, "/events").await;
+    assert!(status.contains("429") && headers.contains("retry-after: 30"), "the pod's cap: {status} {headers}");
+    assert!(body.contains("this portal serves 2 live connections"), "{body}");
+
+    state.drain();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut rest)).await.expect("the stream ends on drain").unwrap();
+    let (status, _, _) = get(port, "/events").await;
+    assert!(status.contains("503"), "no new streams while draining: {status}");
+    assert!(get(port, "/api/v1/workspace").await.0.contains("200"), "other requests are still answered until the server stops");
 }

@@ -2,19 +2,13 @@
 //! `get` its Workspace, checked with the API server's own TokenReview and
 //! LocalSubjectAccessReview, with the grants the chart and the operator hand out.
 
+use crate::setup;
 use crate::support::*;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::Client;
 use kube::api::Api;
 use std::path::PathBuf;
 use std::time::Duration;
-
-async fn setup() -> Client {
-    let client = client().await;
-    install_crds(&client).await;
-    ensure_namespace(&client, LEASE_NAMESPACE).await;
-    client
-}
 
 /// The chart's portal-auth.yaml (rendered with the release name `hyperpage-operator`),
 /// applied with kubectl and deleted again when dropped: the ClusterRoles and bindings are
@@ -200,6 +194,21 @@ async fn the_portal_lets_in_exactly_whom_rbac_allows_to_get_the_workspace() {
     assert!(!metrics.contains("acme") && !metrics.contains(":reader"), "no tenant data or identities in metrics");
     let log = portal.log_text();
     assert!(!log.contains(&reader) && !log.contains(&bound), "no token in the portal's log");
+
+    // SIGTERM drains: the live stream ends (a browser reconnects through the Service to a pod
+    // that stays) and the process exits cleanly, well within its 10 s drain timeout.
+    let mut portal = portal;
+    let mut stream = reqwest::Client::new().get(format!("{}/events", portal.url())).bearer_auth(&reader).send().await.unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let first = stream.chunk().await.unwrap().expect("the dashboard at once");
+    assert!(String::from_utf8_lossy(&first).contains("event: dashboard"));
+    let started = std::time::Instant::now();
+    portal.signal("TERM");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async { while let Ok(Some(_)) = stream.chunk().await {} }).await;
+    assert!(ended.is_ok(), "the stream ended on SIGTERM");
+    let status = portal.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "clean exit: {status:?}");
+    eprintln!("SIGTERM: stream ended and the portal exited in {:?}", started.elapsed());
     drop(portal);
 
     // `public`: anyone who reaches it.
@@ -235,6 +244,50 @@ impl Provider {
             ca_file: var("HYPERPAGE_E2E_OIDC_CA_FILE"),
             users: serde_json::from_str(&users).unwrap(),
         }
+    }
+
+    /// An ID token for a fixture user, through the provider's own endpoints and login form
+    /// (the authorization code flow with PKCE, as a browser would run it).
+    async fn id_token(&self, id: &str, redirect_uri: &str) -> String {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca_file).unwrap()).unwrap();
+        let http = reqwest::Client::builder().add_root_certificate(ca).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let location = |r: &reqwest::Response| r.headers()["location"].to_str().unwrap().to_string();
+        let absolute = |l: String| if l.starts_with('/') { format!("{}{l}", self.issuer) } else { l };
+        let verifier = "e2e-verifier-e2e-verifier-e2e-verifier-e2e-verifier";
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier));
+        let mut auth = url::Url::parse(&format!("{}/auth", self.issuer)).unwrap();
+        auth.query_pairs_mut()
+            .append_pair("client_id", &self.client_id)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("response_type", "code")
+            .append_pair("scope", "openid")
+            .append_pair("state", "e2e")
+            .append_pair("nonce", "e2e")
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        let login = absolute(location(&http.get(auth).send().await.unwrap()));
+        let request_id = url::Url::parse(&login).unwrap().query_pairs().find(|(k, _)| k == "authRequestID").unwrap().1.to_string();
+        let (user, password) = (self.users[id]["Username"].as_str().unwrap(), self.users[id]["Password"].as_str().unwrap());
+        let form = [("id", request_id.as_str()), ("username", user), ("password", password)];
+        let done = http.post(format!("{}/login/username", self.issuer)).form(&form).send().await.unwrap();
+        let back = http.get(absolute(location(&done))).send().await.unwrap();
+        let callback = url::Url::parse(&location(&back)).unwrap();
+        let code = callback.query_pairs().find(|(k, _)| k == "code").expect("an authorization code").1.to_string();
+        let secret = std::fs::read_to_string(&self.client_secret_file).unwrap();
+        let form = [("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", redirect_uri), ("code_verifier", verifier)];
+        let tokens: serde_json::Value = http
+            .post(format!("{}/oauth/token", self.issuer))
+            .basic_auth(&self.client_id, Some(secret.trim()))
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens["id_token"].as_str().expect("an ID token").to_string()
     }
 
     /// `username:password` of the fixture user with this ID.
@@ -376,6 +429,34 @@ async fn a_team_member_signs_in_with_the_provider_and_others_are_refused() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     eprintln!("{stdout}");
     assert!(output.status.success(), "the sign-in browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    // The same user's ID token, fetched through the provider's login without a browser,
+    // works for kubectl and for the portal's API alike.
+    let id_token = provider.id_token("u-pat", &format!("{}/auth/callback", portal.url())).await;
+    // Only the token: no client certificate from the suite's kubeconfig.
+    let server = kubectl(&["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"]);
+    let as_user = |args: &[&str]| {
+        let base = [
+            "--kubeconfig=/dev/null",
+            "--server",
+            server.as_str(),
+            "--certificate-authority",
+            provider.ca_file.as_str(),
+            "--token",
+            id_token.as_str(),
+        ];
+        kubectl(&[&base[..], args].concat())
+    };
+    let whoami = as_user(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
+    assert_eq!(whoami, "oidc:pat@payments.example", "kubectl sees the user the portal names");
+    let can = as_user(&["auth", "can-i", "get", "workspaces.hyperpage.dev/payments", "-n", &ns.name]);
+    assert_eq!(can.trim(), "yes");
+    let (status, body) = get_as(&portal, "/api/v1/workspace", Some(&id_token)).await;
+    assert_eq!(status, 200, "the ID token as a bearer token: {body}");
+    let oscar = provider.id_token("u-oscar", &format!("{}/auth/callback", portal.url())).await;
+    let (status, body) = get_as(&portal, "/api/v1/workspace", Some(&oscar)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("oidc:oscar@other.example") && body.contains("oidc:team-other"), "{body}");
+
     let signed_in = portal.metric("hyperpage_portal_requests_total{route=\"callback\"}").await.unwrap_or(0.0);
     assert!(signed_in >= 3.0, "three sign-ins went through the callback ({signed_in})");
     let log = portal.log_text();
@@ -386,4 +467,48 @@ async fn a_team_member_signs_in_with_the_provider_and_others_are_refused() {
 
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The chart with browser sign-in configured renders what the API server accepts: the
+/// operator gets the issuer, the client ID and the client secret as a mounted file (never as
+/// a value), and the right to create the session Secrets.
+#[tokio::test]
+#[ignore = "needs a cluster: make e2e"]
+async fn the_chart_configures_sign_in_for_every_portal() {
+    let _serial = serial().await;
+    let client = setup().await;
+    let ns = TestNamespace::create(&client, "e2e-chart-oidc").await;
+    let chart = repo().join("charts/hyperpage-operator");
+    let values = [
+        "--set",
+        "portal.oidc.issuerURL=https://login.example.com/realms/acme",
+        "--set",
+        "portal.oidc.clientID=kubernetes",
+        "--set",
+        "portal.oidc.clientSecret.existingSecret=portal-oidc",
+    ];
+    let yaml = helm(&[&["template", "hyperpage-operator", chart.to_str().unwrap(), "--namespace", &ns.name], &values[..]].concat());
+    let objects = documents(&yaml);
+    let deployment = objects.iter().find(|o| o.types.as_ref().is_some_and(|t| t.kind == "Deployment")).expect("the operator Deployment");
+    let container = &deployment.data["spec"]["template"]["spec"]["containers"][0];
+    let env = container["env"].to_string();
+    assert!(env.contains("https://login.example.com/realms/acme") && env.contains("HYPERPAGE_PORTAL_OIDC_CLIENT_SECRET_FILE"), "{env}");
+    assert_eq!(deployment.data["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"], "portal-oidc");
+    let access = objects
+        .iter()
+        .find(|o| {
+            o.metadata.name.as_deref() == Some("hyperpage-operator-portal-access")
+                && o.types.as_ref().is_some_and(|t| t.kind == "ClusterRole")
+        })
+        .unwrap();
+    assert!(access.data["rules"].to_string().contains("\"secrets\""), "create on secrets only with sign-in configured");
+    let without = helm(&["template", "hyperpage-operator", chart.to_str().unwrap(), "--show-only", "templates/portal-auth.yaml"]);
+    assert!(!without.contains("- secrets") && !without.contains("[secrets]"), "no Secret creation without sign-in:\n{without}");
+    // Cluster-scoped objects are checked by the dry run too; nothing is created.
+    apply(&client, &ns.name, &objects, true).await.expect("the API server accepts every rendered object (server-side dry run)");
+    let refused = helm_output(&["template", "x", chart.to_str().unwrap(), "--set", "portal.oidc.issuerURL=https://idp.example"]);
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("clientID"),
+        "an issuer without a client ID is refused"
+    );
 }

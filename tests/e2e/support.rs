@@ -170,6 +170,22 @@ fn spawn_hyperpage(args: &[&str], name: &str, kubeconfig: Option<&Path>) -> (Chi
     (command.spawn().expect("the hyperpage binary starts"), log)
 }
 
+fn send_signal(pid: i32, signal: &str) {
+    let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration, name: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{name} did not exit within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One `hyperpage operator` process, killed when dropped.
 pub struct Operator {
     pub identity: String,
@@ -211,21 +227,12 @@ impl Operator {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap();
-        assert!(status.success(), "kill -{signal} {}", self.pid());
+        send_signal(self.pid(), signal);
     }
 
     /// Waits for the process to exit after a signal.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut().expect("running");
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?}", self.identity);
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_exit(self.child.as_mut().expect("running"), timeout, &self.identity)
     }
 
     /// The admin server's /metrics, or None while it is not up.
@@ -330,6 +337,15 @@ impl Portal {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.child.as_ref().map(|c| c.id() as i32).expect("running"), signal);
+    }
+
+    /// Waits for the process to exit after a signal.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        wait_exit(self.child.as_mut().expect("running"), timeout, "the portal")
     }
 
     /// Waits until `/readyz` answers 200 (the Workspace and the bindings are cached).
