@@ -93,25 +93,6 @@ cache_key() {
 
 bin_dir() { echo "$CACHE_ROOT/$(cache_key)"; }
 
-# The OpenID provider (e2e/tools/oidc-provider), keyed by its own module and source.
-oidc_bin() {
-    local hash
-    hash=$(cat "$TOOLS_DIR/oidc-provider/go.mod" "$TOOLS_DIR/oidc-provider/go.sum" "$TOOLS_DIR/oidc-provider/main.go" \
-        | sha256sum | cut -c1-12)
-    echo "$CACHE_ROOT/oidc-provider_$(pinned oidc-provider github.com/zitadel/oidc/v3)_$(go env GOVERSION)_$hash/oidc-provider"
-}
-
-build_oidc() {
-    local out; out=$(oidc_bin)
-    [[ -x $out ]] && return 0
-    local start=$SECONDS
-    mkdir -p "$(dirname "$out")"
-    log "building the OpenID provider into $out ..."
-    (cd "$TOOLS_DIR/oidc-provider" && go build -trimpath -ldflags "-s -w" -o "$out.tmp" .) || die "building oidc-provider failed"
-    mv "$out.tmp" "$out"
-    log "built oidc-provider in $((SECONDS - start))s"
-}
-
 # --- build ---------------------------------------------------------------------------
 
 # `go list -m` gives the module's publication time; used as a reproducible build date.
@@ -188,13 +169,16 @@ build() {
     log "build complete in $((SECONDS - start))s: $out"
 }
 
-# A test-only program from its wrapper module $TOOLS_DIR/NAME (the package its tools.go
-# imports), built once per module content and Go version; prints the binary's path.
+# A test-only program in $TOOLS_DIR/NAME: the package its tools.go imports (a pinned
+# upstream tool), or else the module's own main package (a program of ours, such as the
+# OpenID provider). Built once per module content and Go version; prints the binary's path.
 tool() {
-    local name=$1 dir=$TOOLS_DIR/$1 pkg key out
-    [[ -f $dir/tools.go ]] || die "no wrapper module $dir"
-    pkg=$(awk '$1 == "import" && $2 == "_" { gsub(/"/, "", $3); print $3 }' "$dir/tools.go")
-    [[ -n $pkg ]] || die "$dir/tools.go imports no package"
+    local name=$1 dir=$TOOLS_DIR/$1 pkg=. key out
+    [[ -f $dir/go.mod ]] || die "no Go module $dir"
+    if [[ -f $dir/tools.go ]]; then
+        pkg=$(awk '$1 == "import" && $2 == "_" { gsub(/"/, "", $3); print $3 }' "$dir/tools.go")
+        [[ -n $pkg ]] || die "$dir/tools.go imports no package"
+    fi
     key=$( { go env GOVERSION GOOS GOARCH; cat "$dir"/go.mod "$dir"/go.sum "$dir"/*.go; } | sha256sum | cut -c1-12)
     out=$CACHE_ROOT/tools/$name-$key
     if [[ ! -e $out/.complete ]]; then
@@ -436,7 +420,7 @@ up() {
     fi
 
     build
-    build_oidc
+    tool oidc-provider >/dev/null
     local bin; bin=$(bin_dir)
     mkdir -p "$PIDS" "$LOGS"
     mkdir -m 700 "$RUN_DIR/etcd" # etcd warns about anything looser
@@ -461,7 +445,7 @@ up() {
         --unsafe-no-fsync=true --quota-backend-bytes=2147483648 --log-level=warn
     wait_for etcd 30 "etcd health" curl -fsS --max-time 2 "http://127.0.0.1:$etcd_port/health"
 
-    start oidc-provider "$(oidc_bin)" -listen="127.0.0.1:$oidc_port" -issuer="$issuer" \
+    start oidc-provider "$(tool oidc-provider)" -listen="127.0.0.1:$oidc_port" -issuer="$issuer" \
         -users="$E2E_DIR/oidc-users.json" -client-id="$OIDC_CLIENT_ID" \
         -client-secret-file="$PKI/oidc-client-secret" -cert="$PKI/oidc.crt" -key="$PKI/oidc.key"
     wait_for oidc-provider 30 "the OpenID provider's discovery document" \
@@ -562,7 +546,7 @@ lock_cluster() {
 
 main() {
     case "${1:-}" in
-        build) local t=$SECONDS; build; build_oidc; log "binaries ready in $(bin_dir) ($((SECONDS - t))s)" ;;
+        build) local t=$SECONDS; build; tool oidc-provider >/dev/null; log "binaries ready in $(bin_dir) ($((SECONDS - t))s)" ;;
         up) lock_cluster; up ;;
         down) lock_cluster; down ;;
         env)
