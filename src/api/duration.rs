@@ -70,4 +70,75 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?} should not parse");
         }
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// The grammar part of [`DURATION_RULE`], read from the rule itself so the two
+        /// cannot drift apart unnoticed.
+        fn cel_grammar() -> regex::Regex {
+            let start = DURATION_RULE.find("self.matches('").unwrap() + "self.matches('".len();
+            let end = start + DURATION_RULE[start..].find("')").unwrap();
+            regex::Regex::new(&DURATION_RULE[start..end]).unwrap()
+        }
+
+        /// Go-style text for `d` in the one form the grammar allows (largest units first).
+        fn format(d: Duration) -> String {
+            let s = d.as_secs();
+            let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+            let mut out = String::new();
+            if h > 0 {
+                out += &format!("{h}h");
+            }
+            if m > 0 {
+                out += &format!("{m}m");
+            }
+            if s > 0 || out.is_empty() {
+                out += &format!("{s}s");
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn never_panics(input in any::<String>()) {
+                let _ = parse(&input);
+            }
+
+            /// The parser accepts exactly what the CEL rule's grammar accepts (`self != ''`
+            /// included), for inputs built from the grammar's own alphabet.
+            #[test]
+            fn agrees_with_the_cel_grammar(input in "[0-9hms x.-]{0,12}") {
+                let cel = cel_grammar().is_match(&input) && !input.is_empty();
+                prop_assert_eq!(parse(&input).is_ok(), cel, "{:?}", input);
+            }
+
+            /// Every value the grammar can write parses back to the same duration.
+            #[test]
+            fn parse_inverts_format(seconds in 0u64..10_000_000) {
+                let d = Duration::from_secs(seconds);
+                prop_assert_eq!(parse(&format(d)), Ok(d));
+            }
+
+            /// Non-canonical spellings (`90m`, `0h5m`, leading zeros) mean the sum of their parts.
+            #[test]
+            fn parts_add_up(h in prop::option::of(0u64..1000), m in prop::option::of(0u64..1000), s in prop::option::of(0u64..100_000), zeros in 0usize..3) {
+                prop_assume!(h.is_some() || m.is_some() || s.is_some());
+                let pad = "0".repeat(zeros);
+                let text: String = [(h, 'h'), (m, 'm'), (s, 's')].iter().filter_map(|(n, u)| n.map(|n| format!("{pad}{n}{u}"))).collect();
+                let expected = h.unwrap_or(0) * 3600 + m.unwrap_or(0) * 60 + s.unwrap_or(0);
+                prop_assert_eq!(parse(&text), Ok(Duration::from_secs(expected)));
+            }
+
+            /// Numbers too large for the total are an error, not a wrap-around or a panic.
+            #[test]
+            fn overflow_is_an_error(n in (u64::MAX / 3600 + 1)..u64::MAX) {
+                let text = format!("{n}h");
+                prop_assert!(parse(&text).is_err());
+            }
+        }
+    }
 }

@@ -45,3 +45,30 @@ pub(crate) const DNS1123_SUBDOMAIN_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-
 pub(crate) const WORKSPACE_NAME_RULE: &str = "self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
 pub(crate) const WORKSPACE_NAME_MESSAGE: &str =
     "must be a Workspace name: start with a lowercase letter, then lowercase letters, digits and '-', at most 50 characters";
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The pattern inside a `self.matches('…')` rule.
+    fn pattern(rule: &str) -> regex::Regex {
+        let start = rule.find("self.matches('").unwrap() + "self.matches('".len();
+        let end = start + rule[start..].find("')").unwrap();
+        regex::Regex::new(&rule[start..end]).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Every Workspace name the schema accepts is also a DNS-1123 subdomain (what Secret
+        /// and most object names must be), so children named after it are accepted too.
+        #[test]
+        fn workspace_names_are_dns_subdomains(name in "[a-z0-9.-]{1,50}") {
+            if pattern(WORKSPACE_NAME_RULE).is_match(&name) {
+                prop_assert!(pattern(DNS1123_SUBDOMAIN_RULE).is_match(&name), "{:?}", name);
+                prop_assert!(name.as_bytes()[0].is_ascii_lowercase());
+            }
+        }
+    }
+}
