@@ -32,3 +32,10 @@ cluster-up:
 
 cluster-down:
 	bash e2e/cluster.sh down
+
+.PHONY: chaos soak
+chaos: ## the reliability suite: faults at random moments under load, invariants after each (RELIABILITY.md; CHAOS_TRIALS, CHAOS_FAULTS)
+	bash e2e/cluster.sh up && . e2e/.run/env && cargo test --locked --test chaos -- --ignored --exact chaos --nocapture
+
+soak: ## 30 minutes of steady load, sampling the operators' RSS and open FDs (SOAK_MINUTES)
+	bash e2e/cluster.sh up && . e2e/.run/env && cargo test --locked --test chaos -- --ignored --exact soak --nocapture

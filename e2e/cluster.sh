@@ -12,6 +12,10 @@
 #   e2e/cluster.sh bin-dir   print the directory holding the binaries (builds if needed)
 #   e2e/cluster.sh tool NAME print the path of the test-only program in e2e/tools/NAME (builds if needed)
 #   e2e/cluster.sh status    say whether the local cluster is running
+#   e2e/cluster.sh stop-component NAME     stop one running component (its command line is kept)
+#   e2e/cluster.sh start-component NAME    start it again with the same command line, wait until it answers
+#   e2e/cluster.sh restart-component NAME [SECONDS]  both, with an outage of SECONDS between them
+#   e2e/cluster.sh nodes     (re)create the kwok nodes that are missing and wait until they are Ready
 #
 # Pinned versions live in e2e/tools/*/go.mod (one wrapper module per upstream project).
 set -euo pipefail
@@ -522,6 +526,45 @@ up() {
     usage_hint
 }
 
+# --- single components (the reliability suite's faults) ----------------------------------
+
+# Stops one component `up` started, keeping its command line in $RUN_DIR/NAME.cmdline so
+# start_component can bring the same process back (same ports, data dir, flags).
+stop_component() {
+    local name=$1 pid
+    alive "$name" || die "$name is not running"
+    pid=$(pid_of "$name")
+    cp "/proc/$pid/cmdline" "$RUN_DIR/$name.cmdline"
+    kill -TERM "$pid"
+    for _ in $(seq 1 40); do # up to ~10s for a clean shutdown
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.25
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$PIDS/$name"
+    log "stopped $name (pid $pid)"
+}
+
+# Starts a component stopped by stop_component and waits until it answers.
+start_component() {
+    local name=$1 argv=()
+    [[ -f $RUN_DIR/$name.cmdline ]] || die "$name was not stopped by stop-component"
+    alive "$name" && die "$name is already running"
+    mapfile -d '' -t argv <"$RUN_DIR/$name.cmdline"
+    # The log of the first run is kept beside the new one.
+    [[ -f $LOGS/$name.log ]] && cat "$LOGS/$name.log" >>"$LOGS/$name.previous.log"
+    start "$name" "${argv[@]}"
+    case $name in
+        kube-apiserver) wait_for "$name" 90 "kube-apiserver /readyz" readyz ;;
+        etcd)
+            local url; url=$(printf '%s\n' "${argv[@]}" | sed -n 's/^--listen-client-urls=//p')
+            wait_for "$name" 30 "etcd health" curl -fsS --max-time 2 "$url/health"
+            ;;
+        *) wait_for "$name" 10 "$name to stay up" sleep 1 ;;
+    esac
+    log "started $name again (pid $(pid_of "$name"))"
+}
+
 usage_hint() {
     cat >&2 <<EOF
 
@@ -556,11 +599,22 @@ main() {
             ;;
         bin-dir) build; bin_dir ;;
         tool) [[ -n ${2:-} ]] || die "usage: $0 tool NAME"; tool "$2" ;;
+        stop-component) [[ -n ${2:-} ]] || die "usage: $0 stop-component NAME"; lock_cluster; stop_component "$2" ;;
+        start-component) [[ -n ${2:-} ]] || die "usage: $0 start-component NAME"; lock_cluster; start_component "$2" ;;
+        restart-component)
+            [[ -n ${2:-} ]] || die "usage: $0 restart-component NAME [SECONDS]"
+            lock_cluster; stop_component "$2"; sleep "${3:-0}"; start_component "$2"
+            ;;
+        nodes)
+            export KUBECONFIG=$ADMIN_KUBECONFIG
+            create_nodes "$(bin_dir)/kubectl" || die "creating the kwok nodes failed"
+            "$(bin_dir)/kubectl" wait --for=condition=Ready node -l type=kwok --timeout=60s >/dev/null
+            ;;
         status)
             if local_cluster_running; then echo "running ($ADMIN_KUBECONFIG)"; else echo "not running"; exit 1; fi
             ;;
         *)
-            echo "usage: $0 {build|up|down|env|bin-dir|tool NAME|status}" >&2
+            echo "usage: $0 {build|up|down|env|bin-dir|tool NAME|status|stop-component NAME|start-component NAME|restart-component NAME [SECONDS]|nodes}" >&2
             exit 2
             ;;
     esac

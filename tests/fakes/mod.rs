@@ -1,9 +1,9 @@
 //! Local stand-ins for the SaaS tools, reproducing their documented behaviour: list
 //! endpoints with `Link` pagination, ETags and 304s, rate-limit headers in each provider's
 //! dialect and only where the documentation says they come, and the failure modes (401,
-//! 403/429 with and without `Retry-After`, 5xx, slow answers, malformed, oversized and
-//! hostile bodies). Every request is recorded so tests can assert what the client sent.
-//! Each module cites the documentation it follows.
+//! 403/429 with and without `Retry-After`, 5xx, slow answers and bodies, resets, truncated,
+//! malformed, mistyped, oversized and hostile bodies). Every request is recorded so tests
+//! can assert what the client sent. Each module cites the documentation it follows.
 #![allow(dead_code)]
 
 pub mod github;
@@ -43,6 +43,16 @@ pub enum Mode {
     Oversized(usize),
     /// 200 with a hostile body (see [`Hostile`]).
     Hostile(Hostile),
+    /// 429 without `Retry-After` (a throttle that does not say how long).
+    TooManyRequests,
+    /// 200 whose body is the representation cut in half.
+    Truncated,
+    /// 200 with an HTML page (`text/html`), as a login or error page in front of the API.
+    WrongContentType,
+    /// 200 whose headers are sent, then the connection is dropped before the body.
+    Reset,
+    /// 200 whose body arrives one byte per this delay.
+    SlowBody(Duration),
     /// Jira Data Center after failed logins: 403 with `X-Authentication-Denied-Reason`
     /// (and, as on every Data Center answer, `retry-after: 0`).
     CaptchaDenied,
@@ -95,6 +105,8 @@ pub struct Seen {
     pub status: u16,
     /// Every request header, for assertions on names the fields above do not cover.
     pub headers: HeaderMap,
+    /// When the answer was sent.
+    pub at: std::time::Instant,
 }
 
 impl Seen {
@@ -269,6 +281,8 @@ impl Shared {
             (status, br#"{"message":"You have exceeded a secondary rate limit"}"#.to_vec())
         } else if mode == Mode::SecondaryWithoutRetryAfter {
             (403, br#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}"#.to_vec())
+        } else if mode == Mode::TooManyRequests {
+            (429, br#"{"message":"Too Many Requests"}"#.to_vec())
         } else if mode == Mode::ServerError {
             (502, b"<html>Bad Gateway</html>".to_vec())
         } else if self.quota.lock().unwrap().remaining <= 0 && self.dialect != Dialect::None {
@@ -284,6 +298,28 @@ impl Shared {
                 Content::Found(value) => {
                     let text = match &mode {
                         Mode::Malformed => b"{\"items\": [unterminated".to_vec(),
+                        Mode::Truncated => {
+                            let full = serde_json::to_vec(&value).unwrap();
+                            full[..full.len() / 2].to_vec()
+                        }
+                        Mode::WrongContentType => b"<html><body>Sign in to continue</body></html>".to_vec(),
+                        Mode::Reset => {
+                            let error = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by the fake");
+                            body_stream = Some(Body::from_stream(futures::stream::iter([Err::<axum::body::Bytes, _>(error)])));
+                            Vec::new()
+                        }
+                        Mode::SlowBody(per_byte) => {
+                            let (bytes, per_byte) = (serde_json::to_vec(&value).unwrap(), *per_byte);
+                            let drip = futures::stream::unfold(0usize, move |at| {
+                                let byte = bytes.get(at).copied();
+                                async move {
+                                    tokio::time::sleep(per_byte).await;
+                                    byte.map(|b| (Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b])), at + 1))
+                                }
+                            });
+                            body_stream = Some(Body::from_stream(drip));
+                            Vec::new()
+                        }
                         Mode::Oversized(n) => format!("[\"{}\"]", "x".repeat(*n)).into_bytes(),
                         Mode::Hostile(Hostile::Zeros(_) | Hostile::Nested(_)) => {
                             let Mode::Hostile(hostile) = &mode else { unreachable!() };
@@ -339,11 +375,13 @@ impl Shared {
             authorization,
             status,
             headers: headers.clone(),
+            at: std::time::Instant::now(),
         });
         let mut response = Response::builder().status(StatusCode::from_u16(status).unwrap());
         *response.headers_mut().unwrap() = out;
         let body = body_stream.unwrap_or_else(|| Body::from(payload));
-        response.header("content-type", "application/json").body(body).unwrap()
+        let content_type = if mode == Mode::WrongContentType { "text/html; charset=utf-8" } else { "application/json" };
+        response.header("content-type", content_type).body(body).unwrap()
     }
 }
 
