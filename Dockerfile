@@ -7,6 +7,9 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
+# The workspace's other member (the demo data source of `make run`): only its manifest, to
+# load the workspace; it is not built.
+COPY demo/Cargo.toml demo/
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src

@@ -1,7 +1,7 @@
 # Developer entry points. `make run` and `make test` are the two commands the README promises.
 .PHONY: run test fmt lint unit crds e2e cluster-up cluster-down build
 
-run: ## start the local control plane (unless KUBECONFIG is set), apply examples/, run the operator
+run: ## the product working offline: local control plane, demo data source, operator, portal; prints the URL (Ctrl-C stops all)
 	bash e2e/run.sh
 
 test: ## everything CI runs: fmt, clippy, unit tests, CRD drift, end-to-end suite
@@ -15,10 +15,10 @@ fmt:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 unit:
-	cargo test --locked
+	cargo test --workspace --locked
 
 crds: ## regenerate crds/ (and the chart's copy) from the Rust types
 	cargo run --quiet --locked -- crd --out-dir crds

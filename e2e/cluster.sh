@@ -10,6 +10,7 @@
 #   e2e/cluster.sh down      stop what `up` started and remove e2e/.run/
 #   e2e/cluster.sh env       print the env file (eval "$(e2e/cluster.sh env)")
 #   e2e/cluster.sh bin-dir   print the directory holding the binaries (builds if needed)
+#   e2e/cluster.sh free-ports N  print N free TCP ports on 127.0.0.1
 #   e2e/cluster.sh tool NAME print the path of the test-only program in e2e/tools/NAME (builds if needed)
 #   e2e/cluster.sh status    say whether the local cluster is running
 #   e2e/cluster.sh stop-component NAME     stop one running component (its command line is kept)
@@ -598,6 +599,7 @@ main() {
             cat "$ENV_FILE"
             ;;
         bin-dir) build; bin_dir ;;
+        free-ports) free_ports "${2:-1}" ;;
         tool) [[ -n ${2:-} ]] || die "usage: $0 tool NAME"; tool "$2" ;;
         stop-component) [[ -n ${2:-} ]] || die "usage: $0 stop-component NAME"; lock_cluster; stop_component "$2" ;;
         start-component) [[ -n ${2:-} ]] || die "usage: $0 start-component NAME"; lock_cluster; start_component "$2" ;;
@@ -614,7 +616,7 @@ main() {
             if local_cluster_running; then echo "running ($ADMIN_KUBECONFIG)"; else echo "not running"; exit 1; fi
             ;;
         *)
-            echo "usage: $0 {build|up|down|env|bin-dir|tool NAME|status|stop-component NAME|start-component NAME|restart-component NAME [SECONDS]|nodes}" >&2
+            echo "usage: $0 {build|up|down|env|bin-dir|free-ports N|tool NAME|status|stop-component NAME|start-component NAME|restart-component NAME [SECONDS]|nodes}" >&2
             exit 2
             ;;
     esac

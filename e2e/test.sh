@@ -20,10 +20,10 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "unit tests (cargo test)"
-cargo test --locked
+step "unit tests (cargo test, with the demo data source of make run)"
+cargo test --workspace --locked
 
 step "actionlint .github/workflows (the release workflows cannot run here; they are linted)"
 "$(bash e2e/cluster.sh tool actionlint)" -no-color -shellcheck=shellcheck
@@ -48,3 +48,8 @@ fi
 
 step "end-to-end suite (cargo test --test e2e -- --ignored)"
 cargo test --locked --test e2e -- --ignored --test-threads=1
+
+step "make run in headless Chromium: URL, live demo data, Ctrl-C stops it all (e2e/browser/demo.test.mjs)"
+# Built first so that make run's own build is a no-op and the test's clock measures the demo.
+cargo build --release --locked -p hyperpage -p hyperpage-demo
+node e2e/browser/demo.test.mjs
