@@ -32,3 +32,10 @@ cluster-up:
 
 cluster-down:
 	bash e2e/cluster.sh down
+
+.PHONY: image image-push
+image: ## the OCI image from the release binary, without Docker: target/image/hyperpage-<version>.oci.tar
+	bash e2e/image.sh build
+
+image-push: ## push that image and the chart to REGISTRY (e.g. REGISTRY=$$HYPERPAGE_E2E_REGISTRY, the local one)
+	bash e2e/image.sh push $(REGISTRY)
