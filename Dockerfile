@@ -16,8 +16,17 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
 COPY src ./src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked && strip target/release/hyperpage
 
-# glibc + CA certificates, no shell, no package manager; runs as uid 65532.
+# glibc + CA certificates, no shell, no package manager; runs as uid 65532. The same layout
+# as `make image` (e2e/image.sh), which builds without Docker; the README says what differs.
 FROM gcr.io/distroless/cc-debian12:nonroot
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title=hyperpage \
+      org.opencontainers.image.description="Hyperpage operator and portal" \
+      org.opencontainers.image.licenses=Apache-2.0 \
+      org.opencontainers.image.source=https://github.com/hyperpage-dev/hyperpage \
+      org.opencontainers.image.version=$VERSION \
+      org.opencontainers.image.revision=$REVISION
 COPY --from=build /src/target/release/hyperpage /usr/local/bin/hyperpage
 USER 65532:65532
 EXPOSE 8080 9090

@@ -39,3 +39,10 @@ chaos: ## the reliability suite: faults at random moments under load, invariants
 
 soak: ## 30 minutes of steady load, sampling the operators' RSS and open FDs (SOAK_MINUTES)
 	bash e2e/cluster.sh up && . e2e/.run/env && cargo test --locked --test chaos -- --ignored --exact soak --nocapture
+
+.PHONY: image image-push
+image: ## the OCI image from the release binary, without Docker: target/image/hyperpage-<version>.oci.tar
+	bash e2e/image.sh build
+
+image-push: ## push that image and the chart to REGISTRY (e.g. REGISTRY=$$HYPERPAGE_E2E_REGISTRY, the local one)
+	bash e2e/image.sh push $(REGISTRY)

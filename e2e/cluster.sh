@@ -39,8 +39,9 @@ SERVICE_IP=10.96.0.1 # first IP of SERVICE_CIDR: the `kubernetes` Service (data 
 POD_CIDR=10.244.0.0/16
 NODES=(kwok-node-0 kwok-node-1)
 # Start order; `down` stops in reverse. The OpenID provider starts before the API server,
-# which reads its discovery document and keys.
-COMPONENTS=(etcd oidc-provider kube-apiserver kube-controller-manager kube-scheduler kwok)
+# which reads its discovery document and keys. The registry (image and chart, for the chart
+# test's install from OCI) needs nothing else.
+COMPONENTS=(etcd oidc-provider registry kube-apiserver kube-controller-manager kube-scheduler kwok)
 # The portals' OpenID client, and the users and groups of the provider (e2e/oidc-users.json).
 OIDC_CLIENT_ID=hyperpage-portal
 
@@ -371,10 +372,28 @@ export HYPERPAGE_E2E_OIDC_CLIENT_ID=$OIDC_CLIENT_ID
 export HYPERPAGE_E2E_OIDC_CLIENT_SECRET_FILE=$PKI/oidc-client-secret
 export HYPERPAGE_E2E_OIDC_CA_FILE=$PKI/ca.crt
 export HYPERPAGE_E2E_OIDC_USERS=$E2E_DIR/oidc-users.json
+export HYPERPAGE_E2E_REGISTRY=127.0.0.1:$(cat "$RUN_DIR/registry-port")
 EOF
 }
 
 # --- up / down ---------------------------------------------------------------------------
+
+# The CNCF distribution registry on loopback (plain HTTP, no auth: only this machine reaches
+# it), storage under .run/: e2e/image.sh push puts the image and the chart there, and the
+# chart test installs from oci://$HYPERPAGE_E2E_REGISTRY/charts.
+start_registry() {
+    local port; port=$(free_ports 1)
+    echo "$port" >"$RUN_DIR/registry-port"
+    mkdir -p "$RUN_DIR/registry"
+    cat >"$RUN_DIR/registry.yml" <<EOF
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $RUN_DIR/registry}, delete: {enabled: true}}
+http: {addr: "127.0.0.1:$port"}
+EOF
+    start registry "$(tool registry)" serve "$RUN_DIR/registry.yml"
+    wait_for registry 30 "the registry's /v2/" curl -fsS --max-time 2 "http://127.0.0.1:$port/v2/"
+}
 
 create_nodes() {
     local kubectl=$1 node
@@ -426,6 +445,7 @@ up() {
 
     build
     tool oidc-provider >/dev/null
+    tool registry >/dev/null
     local bin; bin=$(bin_dir)
     mkdir -p "$PIDS" "$LOGS"
     mkdir -m 700 "$RUN_DIR/etcd" # etcd warns about anything looser
@@ -455,6 +475,7 @@ up() {
         -client-secret-file="$PKI/oidc-client-secret" -cert="$PKI/oidc.crt" -key="$PKI/oidc.key"
     wait_for oidc-provider 30 "the OpenID provider's discovery document" \
         curl -fsS --max-time 2 --cacert "$PKI/ca.crt" "$issuer/.well-known/openid-configuration"
+    start_registry
 
     # The requestheader CA only exists so the delegated-auth CA watchers in the controller
     # manager and scheduler stop logging errors; no cert with the allowed name is issued.
@@ -590,7 +611,7 @@ lock_cluster() {
 
 main() {
     case "${1:-}" in
-        build) local t=$SECONDS; build; tool oidc-provider >/dev/null; log "binaries ready in $(bin_dir) ($((SECONDS - t))s)" ;;
+        build) local t=$SECONDS; build; tool oidc-provider >/dev/null; tool registry >/dev/null; log "binaries ready in $(bin_dir) ($((SECONDS - t))s)" ;;
         up) lock_cluster; up ;;
         down) lock_cluster; down ;;
         env)

@@ -20,9 +20,11 @@ declare -A package_of=(
     [chromium]=chromium [npm]=npm
     # actionlint checks the workflows' shell steps with it.
     [shellcheck]=shellcheck
+    # The image test runs `make image`'s root filesystem with runc (no daemon).
+    [runc]=runc
 )
 commands=(make openssl python3 curl git)
-[[ $purpose == test ]] && commands+=(redis-server chromium npm shellcheck)
+[[ $purpose == test ]] && commands+=(redis-server chromium npm shellcheck runc)
 
 missing=()
 for command in "${commands[@]}"; do
