@@ -6,7 +6,8 @@
 //! happens only once the Lease record has stayed unchanged for `lease_duration` as observed
 //! by that replica's own clock (so clock skew between nodes does not matter). On shutdown the
 //! holder releases the Lease so a standby takes over at once; standbys watch the Lease to
-//! notice that without waiting for their next poll.
+//! notice that without waiting for their next poll. A deleted Lease counts as unchanged: its
+//! last holder may still be acting, so nobody else re-creates it before it would have expired.
 
 use crate::metrics::Metrics;
 use futures::StreamExt;
@@ -175,6 +176,18 @@ pub fn decide(spec: &LeaseSpec, identity: &str, unchanged_for: Duration, default
     }
 }
 
+/// Pure decision for a Lease that is missing: whether this replica may create it. A deleted
+/// Lease does not end its last holder's term: that holder keeps acting until its fence closes
+/// on its own clock, so another replica re-creates the Lease only once the record it last saw
+/// has been unchanged for the lease duration, as if the Lease had expired. When the last holder
+/// seen was this replica, nobody, or no record was ever seen, it may at once.
+pub fn may_create(last_holder: Option<&str>, unchanged_for: Duration, identity: &str, lease_duration: Duration) -> bool {
+    match last_holder {
+        Some(holder) if holder != identity => unchanged_for >= lease_duration,
+        _ => true,
+    }
+}
+
 pub struct LeaderElector {
     api: Api<Lease>,
     config: LeaseConfig,
@@ -265,6 +278,13 @@ impl LeaderElector {
 
     async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
         let Some(current) = self.api.get_opt(&self.config.name).await? else {
+            let (last_holder, unchanged_for) = match &self.observed {
+                Some((record, at)) => (record.holder.as_deref(), at.elapsed()),
+                None => (None, Duration::MAX),
+            };
+            if !may_create(last_holder, unchanged_for, &self.config.identity, self.config.lease_duration) {
+                return Ok(false);
+            }
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.config.name.clone()),
@@ -364,6 +384,20 @@ mod tests {
     fn a_released_lease_is_taken_at_once() {
         assert_eq!(decide(&spec(None, 1), "a", Duration::ZERO, DEFAULT), Decision::TakeOver);
         assert_eq!(decide(&spec(Some(""), 1), "a", Duration::ZERO, DEFAULT), Decision::TakeOver);
+    }
+
+    #[test]
+    fn a_deleted_lease_is_re_created_by_another_replica_only_after_the_lease_duration() {
+        let duration = Duration::from_secs(6);
+        // The chaos suite's delete-lease fault: the last holder b may act until its own fence
+        // closes, so a takes nothing before b's record would have expired.
+        assert!(!may_create(Some("b"), Duration::from_millis(300), "a", duration));
+        assert!(!may_create(Some("b"), Duration::from_millis(5999), "a", duration));
+        assert!(may_create(Some("b"), duration, "a", duration));
+        // The holder itself re-creates it at once and keeps leading; so does anyone after a
+        // release or without a record seen.
+        assert!(may_create(Some("a"), Duration::ZERO, "a", duration));
+        assert!(may_create(None, Duration::ZERO, "a", duration));
     }
 
     #[test]

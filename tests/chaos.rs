@@ -29,7 +29,7 @@ use fakes::github::{self, Github, Repo};
 use fakes::gitlab::{self, Gitlab, Project};
 use fakes::jira::{self, Jira};
 use fakes::{Mode, Shared};
-use hyperpage::api::conditions::{self, READY};
+use hyperpage::api::conditions::{self, RATE_LIMITED, READY, SYNCED};
 use hyperpage::api::{ToolBinding, Workspace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
@@ -295,6 +295,17 @@ impl World {
             }
         }
         apply_yaml(&self.client, self.names.namespace, &yaml).await;
+        // Objects of an earlier, larger run would count against this one.
+        let extra = |name: String| owner_index(&name).is_none_or(|i| i >= self.workspaces);
+        let lp = ListParams::default();
+        let workspaces: Api<Workspace> = Api::namespaced(self.client.clone(), self.names.namespace);
+        let bindings: Api<ToolBinding> = Api::namespaced(self.client.clone(), self.names.namespace);
+        for ws in workspaces.list(&lp).await.unwrap().items.into_iter().filter(|w| extra(w.name_any())) {
+            workspaces.delete(&ws.name_any(), &Default::default()).await.unwrap();
+        }
+        for b in bindings.list(&lp).await.unwrap().items.into_iter().filter(|b| extra(b.name_any())) {
+            bindings.delete(&b.name_any(), &Default::default()).await.unwrap();
+        }
     }
 
     fn bindings(&self) -> usize {
@@ -302,6 +313,17 @@ impl World {
     }
 
     fn start_replica(&self, slot: usize) {
+        // Keep the log of the process this one replaces (the harness names logs by identity).
+        let log = repo().join(format!("artifacts/e2e-logs/{}.log", self.names.identities[slot]));
+        if log.exists() {
+            let _ = std::fs::rename(
+                &log,
+                log.with_extension(format!(
+                    "{}.log",
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+                )),
+            );
+        }
         let redis = format!("--redis-url={}", self.redis_url);
         let key = format!("--cache-key-file={}", self.key_file.display());
         let watch = format!("--watch-namespaces={}", self.names.namespace);
@@ -445,8 +467,15 @@ async fn divergences(world: &World) -> Vec<String> {
         let name = binding.name_any();
         seen += 1;
         let status = binding.status.as_ref();
-        if !status.is_some_and(|s| conditions::is_true(&s.conditions, READY)) {
-            out.push(format!("ToolBinding {name} is not Ready"));
+        // Ready, and the last poll succeeded: an error or a wait from a fault is over.
+        let synced = status.is_some_and(|s| {
+            s.observed_generation == binding.metadata.generation
+                && conditions::is_true(&s.conditions, READY)
+                && conditions::is_true(&s.conditions, SYNCED)
+                && !conditions::is_true(&s.conditions, RATE_LIMITED)
+        });
+        if !synced {
+            out.push(format!("ToolBinding {name} is not Ready and Synced"));
             continue;
         }
         if let Some(repo) = binding.spec.github.as_ref().and_then(|g| g.repositories.first()) {
@@ -513,18 +542,83 @@ fn non_leader_writes(events: &[serde_json::Value], identities: [&str; 2], timeli
     out
 }
 
-/// Operator writes (Lease aside) to objects of Workspaces the load did not touch.
-fn writes_to_untouched(events: &[serde_json::Value], identities: [&str; 2], touched: &BTreeSet<usize>) -> Vec<String> {
-    let mut out = Vec::new();
-    for identity in identities {
-        for (at, what) in operator_writes(events, identity) {
-            let name = what.rsplit('/').next().unwrap_or("").split('?').next().unwrap_or("");
-            // Status writes end in /status; the object name is the segment before.
-            let name = if name == "status" { what.rsplit('/').nth(1).unwrap_or("") } else { name };
-            let owner = owner_index(name);
-            if owner.is_none_or(|i| !touched.contains(&i)) {
-                out.push(format!("{identity} wrote {what} at {at} (unchanged)"));
+/// When each fake answered, on the wall clock the audit log uses.
+struct Polls {
+    /// GitHub requests by path.
+    github: Vec<(String, jiff::Timestamp)>,
+    gitlab: Vec<jiff::Timestamp>,
+    jira: Vec<jiff::Timestamp>,
+}
+
+impl Polls {
+    fn of(world: &World) -> Self {
+        let (instant, now) = (Instant::now(), jiff::Timestamp::now());
+        let wall = |at: Instant| now - jiff::SignedDuration::try_from(instant.saturating_duration_since(at)).unwrap();
+        Self {
+            github: world.github.shared.requests().into_iter().map(|s| (s.path, wall(s.at))).collect(),
+            gitlab: world.gitlab.shared.requests().into_iter().map(|s| wall(s.at)).collect(),
+            jira: world.jira.shared.requests().into_iter().map(|s| wall(s.at)).collect(),
+        }
+    }
+
+    /// Whether binding `name` (`ws-007-github`) was polled in the `window` before `at`.
+    fn polled(&self, name: &str, at: jiff::Timestamp, window: jiff::SignedDuration) -> bool {
+        let recent = |t: &jiff::Timestamp| *t <= at && at.duration_since(*t) <= window;
+        match (owner_index(name), name.rsplit('-').next()) {
+            (Some(i), Some("github")) => {
+                let prefix = format!("/repos/{}", repo_name(i));
+                self.github.iter().any(|(p, t)| p.starts_with(&prefix) && recent(t))
             }
+            (_, Some("gitlab")) => self.gitlab.iter().any(recent),
+            (_, Some("jira")) => self.jira.iter().any(recent),
+            _ => false,
+        }
+    }
+}
+
+/// Operator writes (Lease aside) for Workspaces the load did not touch that no poll explains:
+/// a binding's status may follow its own poll (a new rate-limit reading, a sync time), its
+/// Workspace's status the binding's, and Events those writes; anything else (a child, a
+/// status without a poll before it) is a write for an unchanged object.
+fn writes_to_untouched(events: &[serde_json::Value], identities: [&str; 2], touched: &BTreeSet<usize>, polls: &Polls) -> Vec<String> {
+    let window = jiff::SignedDuration::from_secs(20);
+    let mut writes: Vec<(jiff::Timestamp, &serde_json::Value)> = events
+        .iter()
+        .filter(|e| identity_of(e).is_some_and(|i| identities.contains(&i.as_str())))
+        .filter(|e| ["create", "update", "patch", "delete", "deletecollection"].contains(&e["verb"].as_str().unwrap_or("")))
+        .filter(|e| e["objectRef"]["resource"] != "leases" && e["stage"] == "ResponseComplete")
+        .filter_map(|e| Some((e["requestReceivedTimestamp"].as_str()?.parse().ok()?, e)))
+        .collect();
+    writes.sort_by_key(|(t, _)| *t);
+    // Status writes a poll explains, by object name ("ws-007", "ws-007-github").
+    let mut explained: Vec<(String, jiff::Timestamp)> = Vec::new();
+    let mut out = Vec::new();
+    for (at, e) in writes {
+        let name = e["objectRef"]["name"].as_str().unwrap_or("");
+        let Some(owner) = owner_index(name) else {
+            out.push(format!("{} wrote {} {} (no Workspace)", identity_of(e).unwrap_or_default(), e["verb"], e["requestURI"]));
+            continue;
+        };
+        if touched.contains(&owner) {
+            continue;
+        }
+        let resource = e["objectRef"]["resource"].as_str().unwrap_or("");
+        let status = e["objectRef"]["subresource"] == "status";
+        let follows = |object: &str| explained.iter().any(|(n, t)| n == object && *t <= at && at.duration_since(*t) <= window);
+        let ok = match resource {
+            "toolbindings" if status => polls.polled(name, at, window),
+            "workspaces" if status => {
+                explained.iter().any(|(n, t)| n.starts_with(&format!("{name}-")) && *t <= at && at.duration_since(*t) <= window)
+            }
+            // An Event is named after its object and a suffix.
+            "events" => follows(name.split('.').next().unwrap_or("")),
+            _ => false,
+        };
+        if ok && status {
+            explained.push((name.to_string(), at));
+        }
+        if !ok {
+            out.push(format!("{} wrote {} {} at {at} (unchanged)", identity_of(e).unwrap_or_default(), e["verb"], e["requestURI"]));
         }
     }
     out
@@ -532,7 +626,7 @@ fn writes_to_untouched(events: &[serde_json::Value], identities: [&str; 2], touc
 
 /// Successful polls of one binding less than half an interval apart (counted at the fake by
 /// the first request of a GitHub poll, `/repos/{owner}/{name}`).
-fn duplicate_polls(github: &Shared) -> Vec<String> {
+fn duplicate_polls(github: &Shared, since: Instant) -> Vec<String> {
     let mut by_repo: HashMap<String, Vec<Instant>> = HashMap::new();
     for seen in github.requests() {
         if let Some(repo) = seen.path.strip_prefix("/repos/").filter(|p| p.matches('/').count() == 1)
@@ -544,7 +638,7 @@ fn duplicate_polls(github: &Shared) -> Vec<String> {
     let mut out = Vec::new();
     for (repo, mut times) in by_repo {
         times.sort();
-        for pair in times.windows(2) {
+        for pair in times.windows(2).filter(|p| p[1] >= since) {
             let gap = pair[1] - pair[0];
             if gap < INTERVAL / 2 {
                 out.push(format!("{repo} polled twice {gap:.1?} apart"));
@@ -728,6 +822,7 @@ async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> String {
         }
         Fault::DeleteNode => {
             let node = ["kwok-node-0", "kwok-node-1"][rng.random_range(0..2)];
+            let deleted = Instant::now();
             kubectl(&["delete", "node", node, "--wait=true"]);
             // Every Workspace with a pod there is touched: its status follows the pods.
             world.touched.lock().unwrap().extend(0..world.workspaces);
@@ -740,7 +835,7 @@ async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> String {
             })
             .await;
             tokio::task::block_in_place(|| cluster(&["nodes"]));
-            format!("deleted {node}, pods rescheduled, node re-created")
+            format!("deleted {node}; its pods rescheduled after {:.0?}, node re-created", deleted.elapsed())
         }
         upstream => {
             let mode = upstream.upstream_mode().unwrap();
@@ -771,12 +866,15 @@ struct Trial {
 
 async fn run_trial(world: &World, fault: Fault, rng: &mut StdRng) -> Trial {
     world.touched.lock().unwrap().clear();
+    // Requests of the last minute stay: a poll just before the trial explains a write in it.
+    let started = Instant::now();
     for fake in world.all_fakes() {
-        fake.clear();
+        fake.seen.lock().unwrap().retain(|s| started.duration_since(s.at) < Duration::from_secs(60));
     }
     let offset = audit_log_size().expect("HYPERPAGE_E2E_AUDIT_LOG (source e2e/.run/env)");
     let ids = world.names.identities;
     let leader_before = world.leader().await.map(|s| (jiff::Timestamp::now(), ids[s].to_string()));
+    let before = statuses(world).await;
     world.load_on.store(true, Ordering::SeqCst);
     // A random moment under load.
     tokio::time::sleep(Duration::from_millis(rng.random_range(0..5000))).await;
@@ -803,10 +901,14 @@ async fn run_trial(world: &World, fault: Fault, rng: &mut StdRng) -> Trial {
     violations.extend(non_leader_writes(&events, ids, &timeline));
     if fault.quiet() {
         let touched = world.touched.lock().unwrap().clone();
-        violations.extend(writes_to_untouched(&events, ids, &touched));
+        let unchanged = writes_to_untouched(&events, ids, &touched, &Polls::of(world));
+        if !unchanged.is_empty() {
+            violations.extend(status_changes(&before, &statuses(world).await, &unchanged));
+        }
+        violations.extend(unchanged);
     }
     if fault.upstream_mode().is_none() {
-        violations.extend(duplicate_polls(&world.github.shared));
+        violations.extend(duplicate_polls(&world.github.shared, started));
     }
     Trial {
         fault: fault.name(),
@@ -815,6 +917,48 @@ async fn run_trial(world: &World, fault: Fault, rng: &mut StdRng) -> Trial {
         recovery_ms: recovered.unwrap_or(RECOVERY_LIMIT).as_millis() as u64,
         violations,
     }
+}
+
+/// Every Workspace's and ToolBinding's status by "kind/name", to show what a flagged write changed.
+async fn statuses(world: &World) -> HashMap<String, serde_json::Value> {
+    let mut out = HashMap::new();
+    let lp = ListParams::default();
+    if let Ok(list) = Api::<Workspace>::namespaced(world.client.clone(), world.names.namespace).list(&lp).await {
+        out.extend(list.items.into_iter().map(|w| (format!("workspaces/{}", w.name_any()), serde_json::to_value(&w.status).unwrap())));
+    }
+    if let Ok(list) = Api::<ToolBinding>::namespaced(world.client.clone(), world.names.namespace).list(&lp).await {
+        out.extend(list.items.into_iter().map(|b| (format!("toolbindings/{}", b.name_any()), serde_json::to_value(&b.status).unwrap())));
+    }
+    out
+}
+
+/// For the first few status writes flagged as unchanged: which status fields differ between
+/// before the trial and after it (the evidence for a diagnosis).
+fn status_changes(
+    before: &HashMap<String, serde_json::Value>,
+    after: &HashMap<String, serde_json::Value>,
+    flagged: &[String],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in flagged.iter().filter(|l| l.contains("/status")).take(3) {
+        let Some(key) = ["workspaces/", "toolbindings/"].iter().find_map(|k| {
+            let at = line.find(k)?;
+            Some(line[at..].split("/status").next()?.to_string())
+        }) else {
+            continue;
+        };
+        let (Some(old), Some(new)) = (before.get(&key), after.get(&key)) else { continue };
+        let fields: Vec<String> = new
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| old.get(k.as_str()) != Some(v))
+            .map(|(k, v)| format!("{k}: {} -> {}", old.get(k.as_str()).map(|o| o.to_string()).unwrap_or_default(), v))
+            .map(|d| d.chars().take(400).collect())
+            .collect();
+        out.push(format!("status of {key} changed: {fields:?}"));
+    }
+    out
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -886,7 +1030,10 @@ async fn chaos() {
     let load = spawn_load(world.clone(), seed);
     wait_converged(&world, "the initial state").await;
 
-    let mut plan: Vec<Fault> = faults.iter().flat_map(|f| std::iter::repeat_n(*f, trials_per_fault)).collect();
+    // A node deletion waits for pod garbage collection (about two minutes): fewer of those.
+    let slow_trials = env_or("CHAOS_TRIALS_NODE", trials_per_fault.min(2));
+    let mut plan: Vec<Fault> =
+        faults.iter().flat_map(|f| std::iter::repeat_n(*f, if *f == Fault::DeleteNode { slow_trials } else { trials_per_fault })).collect();
     use rand::seq::SliceRandom;
     plan.shuffle(&mut rng);
     let mut trials = Vec::new();
@@ -904,7 +1051,11 @@ async fn chaos() {
             trial.note,
             if trial.recovered && trial.violations.is_empty() { "held" } else { "BROKEN" },
             trial.recovery_ms as f64 / 1000.0,
-            if trial.violations.is_empty() { String::new() } else { format!(": {:?}", trial.violations) }
+            if trial.violations.is_empty() {
+                String::new()
+            } else {
+                format!(": {} violation(s), first {:?}", trial.violations.len(), &trial.violations[..trial.violations.len().min(6)])
+            }
         );
         use std::io::Write;
         writeln!(file, "{}", serde_json::to_string(&trial).unwrap()).unwrap();
