@@ -345,6 +345,27 @@ impl Drop for Release {
     }
 }
 
+/// The registry to push to and install from (host:port): the loopback one `e2e/cluster.sh up` starts.
+fn registry() -> String {
+    std::env::var("HYPERPAGE_E2E_REGISTRY").expect(
+        "HYPERPAGE_E2E_REGISTRY: a registry the cluster can pull from (e2e/cluster.sh up starts one on loopback for the local cluster)",
+    )
+}
+
+/// The digest the registry answers `HEAD /v2/NAME/manifests/REFERENCE` with, if it has it.
+async fn manifest_digest(registry: &str, name: &str, reference: &str) -> Option<String> {
+    let response = reqwest::Client::new()
+        .head(format!("http://{registry}/v2/{name}/manifests/{reference}"))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.headers().get("Docker-Content-Digest")?.to_str().ok().map(String::from)
+}
+
 async fn available(deployments: &Api<Deployment>, name: &str, replicas: i32) {
     wait_for(&format!("Deployment {name} to have {replicas} available replicas"), ROLLOUT, || async {
         let d = deployments.get(name).await.ok()?;
@@ -360,7 +381,25 @@ async fn available(deployments: &Api<Deployment>, name: &str, replicas: i32) {
 async fn helm_installs_upgrades_and_uninstalls_the_chart() {
     let _serial = serial().await;
     let client = client().await;
-    let chart = chart_dir();
+    // The real install path: what a release pushes (the image `make image` built, the chart
+    // packaged), pushed to the loopback registry; the chart installed from there by reference.
+    let registry = registry();
+    let push = Command::new("bash").arg(repo().join("e2e/image.sh")).args(["push", &registry]).output().expect("bash");
+    assert!(push.status.success(), "e2e/image.sh push: {}", String::from_utf8_lossy(&push.stderr));
+    let pushed = String::from_utf8(push.stdout).unwrap().trim().to_string();
+    let version = env!("CARGO_PKG_VERSION");
+    let repository = format!("{registry}/hyperpage");
+    let digest = pushed.strip_prefix(&format!("{repository}:{version}@")).unwrap_or_else(|| panic!("a pushed reference: {pushed}"));
+    assert_eq!(manifest_digest(&registry, "hyperpage", version).await.as_deref(), Some(digest), "the tag resolves to the pushed digest");
+    assert_eq!(manifest_digest(&registry, "hyperpage", digest).await.as_deref(), Some(digest), "the digest resolves");
+    let chart_version: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(repo().join("charts/hyperpage-operator/Chart.yaml")).unwrap()).unwrap();
+    let chart_version = chart_version["version"].as_str().unwrap().to_string();
+    assert!(manifest_digest(&registry, "charts/hyperpage-operator", &chart_version).await.is_some(), "the chart is in the registry");
+    let chart = format!("oci://{registry}/charts/hyperpage-operator");
+    let image = format!("image.repository={repository},image.digest={digest}");
+    // Every install and upgrade: the pushed chart version over plain HTTP (loopback), the image by digest.
+    let from_registry = ["--version", chart_version.as_str(), "--plain-http", "--set", image.as_str()];
     // Start without the CRDs, so the install proves the chart brings them.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in ["workspaces.hyperpage.dev", "toolbindings.hyperpage.dev"] {
@@ -379,12 +418,23 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
     let label = serde_json::json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}});
     namespaces.patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
     let release = Release { name: "hpi".into(), namespace: ns.name.clone() };
+    let release_from_registry = |verb: &str, values: &[&str]| {
+        let command = [verb, &release.name, &chart, "-n", &ns.name, "--wait", "--timeout", "120s"];
+        helm(&[&command[..], values, &from_registry].concat())
+    };
 
     let started = Instant::now();
-    helm(&["install", &release.name, &chart, "-n", &ns.name, "--wait", "--timeout", "120s"]);
+    release_from_registry("install", &[]);
     let install_time = started.elapsed();
-    wait_established(&client, &["workspaces.hyperpage.dev", "toolbindings.hyperpage.dev"]).await;
+    // kwok pods pull nothing; the reference they would pull is the pushed one, and resolves.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployment = deployments.get("hpi-hyperpage-operator").await.unwrap();
+    let container = deployment.spec.unwrap().template.spec.unwrap().containers[0].clone();
+    let reference = format!("{repository}@{digest}");
+    assert_eq!(container.image.as_deref(), Some(reference.as_str()));
+    assert!(container.args.unwrap().contains(&format!("--portal-image={reference}")), "portals run the pushed image too");
+    assert_eq!(manifest_digest(&registry, "hyperpage", digest).await.as_deref(), Some(digest));
+    wait_established(&client, &["workspaces.hyperpage.dev", "toolbindings.hyperpage.dev"]).await;
     available(&deployments, "hpi-hyperpage-operator", 2).await;
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
     assert!(pdbs.get_opt("hpi-hyperpage-operator").await.unwrap().is_some());
@@ -393,18 +443,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
 
     // Upgrade with changed values: more replicas, a Redis, debug logs, monitoring off still.
     let started = Instant::now();
-    helm(&[
-        "upgrade",
-        &release.name,
-        &chart,
-        "-n",
-        &ns.name,
-        "--wait",
-        "--timeout",
-        "120s",
-        "--set",
-        "replicaCount=3,redis.deploy=true,operator.logLevel=debug",
-    ]);
+    release_from_registry("upgrade", &["--set", "replicaCount=3,redis.deploy=true,operator.logLevel=debug"]);
     let upgrade_time = started.elapsed();
     available(&deployments, "hpi-hyperpage-operator", 3).await;
     available(&deployments, "hpi-redis", 1).await;
@@ -419,19 +458,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
     let password = || async { secrets.get("hpi-redis").await.unwrap().data.unwrap()["password"].0.clone() };
     let first = password().await;
     assert!(first.len() >= 32, "a generated password");
-    helm(&[
-        "upgrade",
-        &release.name,
-        &chart,
-        "-n",
-        &ns.name,
-        "--reuse-values",
-        "--set",
-        "operator.logLevel=info",
-        "--wait",
-        "--timeout",
-        "120s",
-    ]);
+    release_from_registry("upgrade", &["--reuse-values", "--set", "operator.logLevel=info"]);
     assert_eq!(password().await, first, "the upgrade kept the Redis password");
     let history = helm(&["history", &release.name, "-n", &ns.name]);
     assert_eq!(history.lines().count(), 4, "three revisions: {history}");

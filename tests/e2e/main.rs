@@ -3,6 +3,7 @@
 
 mod chart;
 mod engine;
+mod image;
 mod policy;
 mod portal;
 mod portal_auth;
