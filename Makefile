@@ -32,3 +32,7 @@ cluster-up:
 
 cluster-down:
 	bash e2e/cluster.sh down
+
+.PHONY: bench
+bench: ## the scale benchmark on a fresh local control plane per size; writes BENCHMARKS.md (see bench/run.sh)
+	bash bench/run.sh
