@@ -66,7 +66,8 @@ pub struct Observed {
 pub fn observe(ws: &Workspace, ctx: &Context) -> Observed {
     let namespace = ws.namespace().unwrap_or_default();
     let name = ws.name_any();
-    let deployment = ctx.stores.deployments.get(&ObjectRef::new(&children::child_name(&name)).within(&namespace));
+    let deployment =
+        ctx.stores.deployments.get(&ObjectRef::new(&children::child_name(&name)).within(&namespace)).and_then(|d| d.object()).map(Arc::new);
     let bindings = bindings_of(&ctx.stores.bindings.state(), &namespace, &name);
     Observed { deployment, bindings }
 }
@@ -167,7 +168,9 @@ async fn apply_children(ctx: &Context, ws: &Workspace, desired: &Children, refus
     ctx.apply_if_changed(CONTROLLER, &s.role_bindings, &desired.role_binding).await?;
     let deployment = if refusals.refuses(Refused::Deployment) {
         let live = s.deployments.get(&ObjectRef::new(&desired.deployment.name_any()).within(&ws.namespace().unwrap_or_default()));
-        live.filter(|d| children::is_owned_by(d.meta(), ws)).and_then(|live| children::keep_images(&desired.deployment, &live))
+        live.filter(|d| children::is_owned_by(d.meta(), ws))
+            .and_then(|live| live.object())
+            .and_then(|live| children::keep_images(&desired.deployment, &live))
     } else {
         Some(desired.deployment.clone())
     };
