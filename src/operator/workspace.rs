@@ -276,9 +276,7 @@ pub fn compute_status(
         DesiredCondition::new(READY, false, "Suspended", "spec.suspend is true: polling is stopped and the portal is scaled to 0")
     } else if desired_replicas == 0 {
         DesiredCondition::new(READY, false, "ScaledToZero", "spec.portal.replicas is 0: the portal is not running")
-    } else if deployment.is_none() {
-        DesiredCondition::new(READY, false, "RollingOut", "creating the portal Deployment")
-    } else if available >= desired_replicas {
+    } else if deployment.is_some() && available >= desired_replicas {
         DesiredCondition::new(READY, true, "PortalAvailable", format!("{pods} at {}", portal_url(ws)))
     } else {
         DesiredCondition::new(READY, false, "RollingOut", pods.clone())
@@ -292,12 +290,9 @@ pub fn compute_status(
     let progressing = if deadline_exceeded {
         DesiredCondition::new(PROGRESSING, false, "ProgressDeadlineExceeded", "the portal Deployment did not finish rolling out in time")
     } else if rolling {
-        DesiredCondition::new(
-            PROGRESSING,
-            true,
-            "RollingOut",
-            format!("{updated}/{desired_replicas} portal pods updated, {available} available"),
-        )
+        // Only what Ready also reports: counts that move at every step of a rollout (pods
+        // updated, the Deployment just created) would each cost a status write per Workspace.
+        DesiredCondition::new(PROGRESSING, true, "RollingOut", format!("rolling out: {pods}"))
     } else {
         DesiredCondition::new(PROGRESSING, false, "RolloutComplete", pods.clone())
     };
