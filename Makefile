@@ -46,3 +46,7 @@ image: ## the OCI image from the release binary, without Docker: target/image/hy
 
 image-push: ## push that image and the chart to REGISTRY (e.g. REGISTRY=$$HYPERPAGE_E2E_REGISTRY, the local one)
 	bash e2e/image.sh push $(REGISTRY)
+
+.PHONY: bench
+bench: ## the scale benchmark on a fresh local control plane per size; writes BENCHMARKS.md (see bench/run.sh)
+	bash bench/run.sh

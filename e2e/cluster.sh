@@ -37,7 +37,18 @@ RECIPE=1
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1 # first IP of SERVICE_CIDR: the `kubernetes` Service (data only)
 POD_CIDR=10.244.0.0/16
-NODES=(kwok-node-0 kwok-node-1)
+# Opt-in knobs for large runs (make bench): more kwok nodes and pods per node, a higher
+# client QPS for the controller manager and scheduler (their default of 20 makes thousands
+# of Deployments take minutes to report available), and another audit policy.
+KWOK_NODES=${HYPERPAGE_KWOK_NODES:-2}
+KWOK_NODE_PODS=${HYPERPAGE_KWOK_NODE_PODS:-110}
+NODES=()
+for ((i = 0; i < KWOK_NODES; i++)); do NODES+=("kwok-node-$i"); done
+CONTROL_PLANE_QPS=()
+if [[ -n ${HYPERPAGE_KUBE_API_QPS:-} ]]; then
+    CONTROL_PLANE_QPS=(--kube-api-qps="$HYPERPAGE_KUBE_API_QPS" --kube-api-burst="$((2 * HYPERPAGE_KUBE_API_QPS))")
+fi
+AUDIT_POLICY=${HYPERPAGE_AUDIT_POLICY:-$E2E_DIR/audit-policy.yaml}
 # Start order; `down` stops in reverse. The OpenID provider starts before the API server,
 # which reads its discovery document and keys. The registry (image and chart, for the chart
 # test's install from OCI) needs nothing else.
@@ -416,8 +427,8 @@ metadata:
     kubernetes.io/role: agent
     node-role.kubernetes.io/agent: ""
 status:
-  allocatable: {cpu: "32", memory: 64Gi, pods: "110"}
-  capacity: {cpu: "32", memory: 64Gi, pods: "110"}
+  allocatable: {cpu: "32", memory: 64Gi, pods: "$KWOK_NODE_PODS"}
+  capacity: {cpu: "32", memory: 64Gi, pods: "$KWOK_NODE_PODS"}
 EOF
     done
 }
@@ -495,7 +506,7 @@ up() {
         --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
         --service-cluster-ip-range="$SERVICE_CIDR" \
         --allow-privileged=true \
-        --audit-policy-file="$E2E_DIR/audit-policy.yaml" --audit-log-path="$AUDIT_LOG" \
+        --audit-policy-file="$AUDIT_POLICY" --audit-log-path="$AUDIT_LOG" \
         --audit-log-format=json --audit-log-mode=blocking \
         --oidc-issuer-url="$issuer" --oidc-client-id="$OIDC_CLIENT_ID" --oidc-ca-file="$PKI/ca.crt" \
         --oidc-username-claim=email --oidc-username-prefix=oidc: \
@@ -514,13 +525,13 @@ up() {
         --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
         --allocate-node-cidrs=true --cluster-cidr="$POD_CIDR" --node-cidr-mask-size=24 \
         --service-cluster-ip-range="$SERVICE_CIDR" \
-        --controllers='*' --profiling=false
+        --controllers='*' --profiling=false "${CONTROL_PLANE_QPS[@]}"
     start kube-scheduler "$bin/kube-scheduler" \
         --kubeconfig="$RUN_DIR/kube-scheduler.kubeconfig" \
         --authentication-kubeconfig="$RUN_DIR/kube-scheduler.kubeconfig" \
         --authorization-kubeconfig="$RUN_DIR/kube-scheduler.kubeconfig" \
         --bind-address=127.0.0.1 --secure-port="$sched_port" --cert-dir="$RUN_DIR/scheduler-certs" \
-        --leader-elect=false --profiling=false
+        --leader-elect=false --profiling=false "${CONTROL_PLANE_QPS[@]}"
     # No --node-port/--server-address: kwok then opens no listener at all. Node IP is
     # loopback so anything that dials a "kubelet" stays on this machine. Leases must be
     # enabled explicitly (0 without a KwokConfiguration): the heartbeat-with-lease stage

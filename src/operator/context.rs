@@ -1,5 +1,6 @@
 //! What every reconcile shares: the client, the caches, the fence and the telemetry.
 
+use super::cached::Cached;
 use super::children::{BuildConfig, FIELD_MANAGER, is_owned_by};
 use super::diff::is_subset;
 use super::error::{Error, backoff};
@@ -24,19 +25,20 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Read-only views of the watch caches the reconcilers work from.
+/// Read-only views of the watch caches the reconcilers work from. Children are cached as
+/// [`Cached`]: metadata, the fields the operator owns, and status.
 #[derive(Clone)]
 pub struct Stores {
     pub workspaces: Store<Workspace>,
     pub bindings: Store<ToolBinding>,
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
-    pub service_accounts: Store<ServiceAccount>,
-    pub roles: Store<Role>,
-    pub role_bindings: Store<RoleBinding>,
-    pub network_policies: Store<NetworkPolicy>,
-    pub ingresses: Store<Ingress>,
-    pub pod_disruption_budgets: Store<PodDisruptionBudget>,
+    pub deployments: Store<Cached<Deployment>>,
+    pub services: Store<Cached<Service>>,
+    pub service_accounts: Store<Cached<ServiceAccount>>,
+    pub roles: Store<Cached<Role>>,
+    pub role_bindings: Store<Cached<RoleBinding>>,
+    pub network_policies: Store<Cached<NetworkPolicy>>,
+    pub ingresses: Store<Cached<Ingress>>,
+    pub pod_disruption_budgets: Store<Cached<PodDisruptionBudget>>,
 }
 
 pub struct Context {
@@ -72,7 +74,7 @@ impl Context {
 
     /// Server-side applies `desired` unless the cached live object already matches it.
     /// Returns whether a request was sent.
-    pub async fn apply_if_changed<K>(&self, controller: &'static str, store: &Store<K>, desired: &K) -> Result<bool, Error>
+    pub async fn apply_if_changed<K>(&self, controller: &'static str, store: &Store<Cached<K>>, desired: &K) -> Result<bool, Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + Debug,
     {
@@ -82,8 +84,7 @@ impl Context {
         let want = serde_json::to_value(desired).map_err(|source| Error::Serialize { kind, source })?;
         let mut body = want;
         if let Some(live) = store.get(&ObjectRef::new(&name).within(&namespace)) {
-            let have = serde_json::to_value(&*live).map_err(|source| Error::Serialize { kind, source })?;
-            if is_subset(&body, &have) {
+            if is_subset(&body, &live.value()) {
                 return Ok(false);
             }
             // The live object's uid makes the apply a precondition: should that object have
@@ -108,7 +109,7 @@ impl Context {
     /// `Kind/name` when an object with the name of `desired` exists but is not `owner`'s own
     /// child (unlabelled, or not owned by it): the operator must leave it alone. The label
     /// selected caches only hold labelled objects, so a name missing there is read once.
-    pub async fn foreign_object<K>(&self, store: &Store<K>, desired: &K, owner: &Workspace) -> Result<Option<String>, Error>
+    pub async fn foreign_object<K>(&self, store: &Store<Cached<K>>, desired: &K, owner: &Workspace) -> Result<Option<String>, Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
     {
@@ -133,7 +134,7 @@ impl Context {
     pub async fn delete_if_present<K>(
         &self,
         controller: &'static str,
-        store: &Store<K>,
+        store: &Store<Cached<K>>,
         owner: &Workspace,
         name: &str,
     ) -> Result<bool, Error>

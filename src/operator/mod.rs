@@ -1,5 +1,6 @@
 //! `hyperpage operator`: leader election, the two controllers and the admin server.
 
+pub mod cached;
 pub mod children;
 pub mod context;
 pub mod diff;
@@ -18,6 +19,7 @@ use crate::api::{ToolBinding, Workspace};
 use crate::engine::{Engine, EngineConfig};
 use crate::lease::{Fence, FenceLayer, LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
+use cached::Cached;
 use children::{BuildConfig, MANAGED_BY};
 use context::{Context, Stores, object_key};
 use error::Error;
@@ -149,14 +151,14 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
     let all = watcher::Config::default;
     let (workspaces, ws_for_ws, ws_for_tb, ws_drive) = scope.shared_cache::<Workspace>(all());
     let (bindings, tb_for_tb, tb_for_ws, tb_drive) = scope.shared_cache::<ToolBinding>(all());
-    let (deployments, deploy_sub, _, deploy_drive) = scope.shared_cache::<Deployment>(managed_children());
-    let (services, svc_sub, _, svc_drive) = scope.shared_cache::<Service>(managed_children());
-    let (service_accounts, sa_sub, _, sa_drive) = scope.shared_cache::<ServiceAccount>(managed_children());
-    let (roles, role_sub, _, role_drive) = scope.shared_cache::<Role>(managed_children());
-    let (role_bindings, rb_sub, _, rb_drive) = scope.shared_cache::<RoleBinding>(managed_children());
-    let (network_policies, np_sub, _, np_drive) = scope.shared_cache::<NetworkPolicy>(managed_children());
-    let (ingresses, ing_sub, _, ing_drive) = scope.shared_cache::<Ingress>(managed_children());
-    let (pdbs, pdb_sub, _, pdb_drive) = scope.shared_cache::<PodDisruptionBudget>(managed_children());
+    let (deployments, deploy_sub, _, deploy_drive) = scope.shared_cache::<Cached<Deployment>>(managed_children());
+    let (services, svc_sub, _, svc_drive) = scope.shared_cache::<Cached<Service>>(managed_children());
+    let (service_accounts, sa_sub, _, sa_drive) = scope.shared_cache::<Cached<ServiceAccount>>(managed_children());
+    let (roles, role_sub, _, role_drive) = scope.shared_cache::<Cached<Role>>(managed_children());
+    let (role_bindings, rb_sub, _, rb_drive) = scope.shared_cache::<Cached<RoleBinding>>(managed_children());
+    let (network_policies, np_sub, _, np_drive) = scope.shared_cache::<Cached<NetworkPolicy>>(managed_children());
+    let (ingresses, ing_sub, _, ing_drive) = scope.shared_cache::<Cached<Ingress>>(managed_children());
+    let (pdbs, pdb_sub, _, pdb_drive) = scope.shared_cache::<Cached<PodDisruptionBudget>>(managed_children());
     let drives = futures::future::join_all(vec![
         ws_drive.boxed(),
         tb_drive.boxed(),

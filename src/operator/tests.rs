@@ -2,6 +2,7 @@
 //! recorded, so the tests can say exactly which writes happen, and that none happen when
 //! nothing changed or when this replica is not the leader.
 
+use super::cached::Cached;
 use super::children::{self, BuildConfig};
 use super::context::{Context, Stores};
 use super::error::Error;
@@ -124,12 +125,12 @@ fn writes(requests: &[Recorded]) -> Vec<&Recorded> {
 /// Writers for every cache, so a test can say what the watches have seen.
 struct Caches {
     workspaces: Writer<Workspace>,
-    deployments: Writer<Deployment>,
-    services: Writer<k8s_openapi::api::core::v1::Service>,
-    service_accounts: Writer<k8s_openapi::api::core::v1::ServiceAccount>,
-    roles: Writer<k8s_openapi::api::rbac::v1::Role>,
-    role_bindings: Writer<k8s_openapi::api::rbac::v1::RoleBinding>,
-    network_policies: Writer<k8s_openapi::api::networking::v1::NetworkPolicy>,
+    deployments: Writer<Cached<Deployment>>,
+    services: Writer<Cached<k8s_openapi::api::core::v1::Service>>,
+    service_accounts: Writer<Cached<k8s_openapi::api::core::v1::ServiceAccount>>,
+    roles: Writer<Cached<k8s_openapi::api::rbac::v1::Role>>,
+    role_bindings: Writer<Cached<k8s_openapi::api::rbac::v1::RoleBinding>>,
+    network_policies: Writer<Cached<k8s_openapi::api::networking::v1::NetworkPolicy>>,
 }
 
 fn context(client: Client, fence: Fence) -> (Arc<Context>, Caches) {
@@ -188,9 +189,9 @@ fn binding_fixture() -> ToolBinding {
 /// server-side defaults.
 fn converge_children(ws: &Workspace, ctx: &Context, caches: &mut Caches, available: i32) {
     let c = children::build(ws, &ctx.build);
-    seen(&mut caches.service_accounts, c.service_account);
-    seen(&mut caches.roles, c.role);
-    seen(&mut caches.role_bindings, c.role_binding);
+    seen(&mut caches.service_accounts, Cached::new(&c.service_account));
+    seen(&mut caches.roles, Cached::new(&c.role));
+    seen(&mut caches.role_bindings, Cached::new(&c.role_binding));
     let mut deployment = c.deployment;
     deployment.metadata.generation = Some(1);
     deployment.metadata.resource_version = Some("42".into());
@@ -201,11 +202,11 @@ fn converge_children(ws: &Workspace, ctx: &Context, caches: &mut Caches, availab
         }))
         .unwrap(),
     );
-    seen(&mut caches.deployments, deployment);
+    seen(&mut caches.deployments, Cached::new(&deployment));
     let mut service = c.service;
     service.spec.as_mut().unwrap().cluster_ip = Some("10.96.12.34".into());
-    seen(&mut caches.services, service);
-    seen(&mut caches.network_policies, c.network_policy);
+    seen(&mut caches.services, Cached::new(&service));
+    seen(&mut caches.network_policies, Cached::new(&c.network_policy));
 }
 
 /// The status the operator would write for what the caches hold now.
@@ -277,7 +278,7 @@ async fn drift_in_a_child_is_repaired_with_one_apply() {
     let mut service = children::build(&ws, &ctx.build).service;
     service.spec.as_mut().unwrap().type_ = Some("NodePort".into());
     service.metadata.uid = Some("5e7c1c5e-0000-4000-8000-00000000000a".into());
-    seen(&mut caches.services, service);
+    seen(&mut caches.services, Cached::new(&service));
 
     workspace::reconcile(Arc::new(ws), ctx).await.unwrap();
 

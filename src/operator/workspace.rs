@@ -66,7 +66,8 @@ pub struct Observed {
 pub fn observe(ws: &Workspace, ctx: &Context) -> Observed {
     let namespace = ws.namespace().unwrap_or_default();
     let name = ws.name_any();
-    let deployment = ctx.stores.deployments.get(&ObjectRef::new(&children::child_name(&name)).within(&namespace));
+    let deployment =
+        ctx.stores.deployments.get(&ObjectRef::new(&children::child_name(&name)).within(&namespace)).and_then(|d| d.object()).map(Arc::new);
     let bindings = bindings_of(&ctx.stores.bindings.state(), &namespace, &name);
     Observed { deployment, bindings }
 }
@@ -167,7 +168,9 @@ async fn apply_children(ctx: &Context, ws: &Workspace, desired: &Children, refus
     ctx.apply_if_changed(CONTROLLER, &s.role_bindings, &desired.role_binding).await?;
     let deployment = if refusals.refuses(Refused::Deployment) {
         let live = s.deployments.get(&ObjectRef::new(&desired.deployment.name_any()).within(&ws.namespace().unwrap_or_default()));
-        live.filter(|d| children::is_owned_by(d.meta(), ws)).and_then(|live| children::keep_images(&desired.deployment, &live))
+        live.filter(|d| children::is_owned_by(d.meta(), ws))
+            .and_then(|live| live.object())
+            .and_then(|live| children::keep_images(&desired.deployment, &live))
     } else {
         Some(desired.deployment.clone())
     };
@@ -273,9 +276,7 @@ pub fn compute_status(
         DesiredCondition::new(READY, false, "Suspended", "spec.suspend is true: polling is stopped and the portal is scaled to 0")
     } else if desired_replicas == 0 {
         DesiredCondition::new(READY, false, "ScaledToZero", "spec.portal.replicas is 0: the portal is not running")
-    } else if deployment.is_none() {
-        DesiredCondition::new(READY, false, "RollingOut", "creating the portal Deployment")
-    } else if available >= desired_replicas {
+    } else if deployment.is_some() && available >= desired_replicas {
         DesiredCondition::new(READY, true, "PortalAvailable", format!("{pods} at {}", portal_url(ws)))
     } else {
         DesiredCondition::new(READY, false, "RollingOut", pods.clone())
@@ -289,12 +290,9 @@ pub fn compute_status(
     let progressing = if deadline_exceeded {
         DesiredCondition::new(PROGRESSING, false, "ProgressDeadlineExceeded", "the portal Deployment did not finish rolling out in time")
     } else if rolling {
-        DesiredCondition::new(
-            PROGRESSING,
-            true,
-            "RollingOut",
-            format!("{updated}/{desired_replicas} portal pods updated, {available} available"),
-        )
+        // Only what Ready also reports: counts that move at every step of a rollout (pods
+        // updated, the Deployment just created) would each cost a status write per Workspace.
+        DesiredCondition::new(PROGRESSING, true, "RollingOut", format!("rolling out: {pods}"))
     } else {
         DesiredCondition::new(PROGRESSING, false, "RolloutComplete", pods.clone())
     };
