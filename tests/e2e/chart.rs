@@ -1,7 +1,8 @@
 //! The Helm chart (`charts/hyperpage-operator`): it lints and renders with several value
 //! sets into manifests the API server accepts, installs, upgrades and uninstalls, and its
 //! RBAC is enough for the operator to do its whole job — and grants nothing the README's
-//! table does not justify.
+//! table does not justify. The install test takes the real install path: image and chart
+//! pushed to the local OCI registry, the chart installed from there, the image by digest.
 
 use crate::support::*;
 use hyperpage::api::conditions::{self, CREDENTIALS_VALID, READY};
