@@ -153,11 +153,12 @@ start portal env KUBECONFIG="$RUN/portal.kubeconfig" RUST_LOG="${RUST_LOG:-info}
     --listen "127.0.0.1:$portal_port" --metrics-listen "127.0.0.1:$metrics_port"
 wait_for portal 60 "ready portal" curl -fsS --max-time 2 "http://127.0.0.1:$portal_port/readyz"
 
-github=$(kubectl get toolbinding github -n "$NAMESPACE" -o jsonpath='{.spec.endpoint} {.spec.github.repositories}')
-if [[ $github == "$DEMO_GITHUB_URL "* ]]; then
+github=$(kubectl get toolbinding github -n "$NAMESPACE" -o jsonpath='{.spec.endpoint}')
+if [[ $github == "$DEMO_GITHUB_URL" ]]; then
     github="GitHub: the demo API $DEMO_GITHUB_URL"
 else
-    github="GitHub: the real ${github%% *} (${github#* }) with your GITHUB_TOKEN, every minute"
+    repos=$(kubectl get toolbinding github -n "$NAMESPACE" -o jsonpath='{.spec.github.repositories[*]}')
+    github="GitHub: the real $github (${repos// /, }) with your GITHUB_TOKEN, every minute"
 fi
 env_hint=""
 $local_cluster && env_hint="      source $PWD/e2e/.run/env"$'\n'
@@ -191,7 +192,7 @@ INFO
 has_data() { [[ -n $(kubectl get workspace "$WORKSPACE" -n "$NAMESPACE" -o jsonpath='{.status.summary.lastSyncTime}') ]]; }
 wait_for operator 90 "tool data in the Workspace's status" has_data
 say "first data: $(kubectl get workspace "$WORKSPACE" -n "$NAMESPACE" \
-    -o jsonpath='{.status.summary.openPullRequests} open PRs/MRs, {.status.summary.failingPipelines} failing pipelines, {.status.summary.openIssues} open issues')"
+    -o jsonpath='open PRs/MRs {.status.summary.openPullRequests}, failing pipelines {.status.summary.failingPipelines}, open issues {.status.summary.openIssues}')"
 
 # Runs until Ctrl-C (the INT trap) or until one of the processes ends by itself.
 set +e
