@@ -241,8 +241,12 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
     let bindings_for_secret = bindings.clone();
     let bindings_for_workspace = bindings.clone();
     let mut new_specs = SpecChanges::default();
-    let ws_spec_changes =
-        ws_for_tb.filter(move |ws| std::future::ready(new_specs.changed(object_key(ws.as_ref()), ws.metadata.generation)));
+    let known = workspaces.clone();
+    let ws_spec_changes = ws_for_tb.filter(move |ws| {
+        // Deleted Workspaces are forgotten now and then (shared streams carry no deletes).
+        new_specs.prune(|key| key.split_once('/').is_some_and(|(ns, name)| known.get(&ObjectRef::new(name).within(ns)).is_some()));
+        std::future::ready(new_specs.changed(object_key(ws.as_ref()), ws.metadata.generation))
+    });
     let binding_controller = Controller::for_shared_stream(tb_for_tb, bindings.clone())
         .watches_shared_stream(ws_spec_changes, move |ws: Arc<Workspace>| {
             let ns = ws.namespace().unwrap_or_default();
