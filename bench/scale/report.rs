@@ -250,8 +250,9 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         let projected = per_object.map(|b| rss + b * (80_000.0 - largest.memory.cached_objects as f64) / 1048576.0);
         writeln!(
             w,
-            "- Memory at N = 10,000: not run here; projected from the marginal cost: {} (goal ≤ 128 MiB).",
-            projected.map_or("–".into(), |p| format!("{p:.0} MiB"))
+            "- Memory at N = 10,000: not run here; projected from the marginal cost: {} (goal ≤ 128 MiB): {}.",
+            projected.map_or("–".into(), |p| format!("{p:.0} MiB")),
+            met(projected.is_some_and(|p| p <= 128.0))
         )?;
     }
     if let Some(b) = per_object {
