@@ -25,8 +25,11 @@ if [[ -z ${HYPERPAGE_BENCH_BIN:-} ]]; then # set: measure that operator binary (
     nice -n 10 cargo build --release --locked --bin hyperpage
     export HYPERPAGE_BENCH_BIN=$TARGET/release/hyperpage
 fi
-nice -n 10 cargo build --release --locked --example scale
-SCALE=$TARGET/release/examples/scale
+SCALE=${HYPERPAGE_BENCH_SCALE:-} # set: use that build of bench/scale
+if [[ -z $SCALE ]]; then
+    nice -n 10 cargo build --release --locked --example scale
+    SCALE=$TARGET/release/examples/scale
+fi
 mkdir -p "$OUT" bench/.run
 
 started_cluster=

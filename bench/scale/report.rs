@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// bench/results: `current/` and optionally `baseline/`, plus `env.txt`.
+    /// bench/results: `current/` and optionally `baseline/`, plus `env.txt`, `shards.md` and
+    /// `notes.md` (the hand-written analysis, included as it is).
     #[arg(long, default_value = "bench/results")]
     results: PathBuf,
     #[arg(long, default_value = "BENCHMARKS.md")]
@@ -249,8 +250,9 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         let projected = per_object.map(|b| rss + b * (80_000.0 - largest.memory.cached_objects as f64) / 1048576.0);
         writeln!(
             w,
-            "- Memory at N = 10,000: not run here; projected from the marginal cost: {} (goal ≤ 128 MiB).",
-            projected.map_or("–".into(), |p| format!("{p:.0} MiB"))
+            "- Memory at N = 10,000: not run here; projected from the marginal cost: {} (goal ≤ 128 MiB): {}.",
+            projected.map_or("–".into(), |p| format!("{p:.0} MiB")),
+            met(projected.is_some_and(|p| p <= 128.0))
         )?;
     }
     if let Some(b) = per_object {
@@ -286,6 +288,9 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         }
         writeln!(w, "- Writes by the deposed leader at N = {}: {deposed} (goal 0): {}.", o.n, met(deposed == 0))?;
         writeln!(w, "- Status writes for unchanged objects after takeover at N = {}: {unchanged} (goal 0): {}.", o.n, met(unchanged == 0))?;
+    }
+    if let Ok(notes) = std::fs::read_to_string(args.results.join("notes.md")) {
+        writeln!(w, "\n## What was changed, and what is left\n\n{notes}")?;
     }
     std::fs::write(&args.out, md)?;
     std::fs::write(&args.svg, plot(&current, &baseline))?;

@@ -138,7 +138,7 @@ fn project(value: &Value, fields: &Map<String, Value>) -> Value {
                     let Value::Object(sub) = sub else { continue };
                     let matches = if let Some(json) = key.strip_prefix("k:") {
                         serde_json::from_str::<Map<String, Value>>(json)
-                            .is_ok_and(|k| k.iter().all(|(name, want)| item.get(name).is_some_and(|have| same_key(want, have))))
+                            .is_ok_and(|k| k.iter().all(|(name, want)| item.get(name) == Some(want)))
                     } else if let Some(json) = key.strip_prefix("v:") {
                         serde_json::from_str::<Value>(json).is_ok_and(|v| &v == item)
                     } else if let Some(i) = key.strip_prefix("i:") {
@@ -156,12 +156,6 @@ fn project(value: &Value, fields: &Map<String, Value>) -> Value {
         }
         other => other.clone(),
     }
-}
-
-/// Key fields compare as JSON, except that a number key may be written as a string in
-/// some objects (ports' `containerPort` is a number in both).
-fn same_key(want: &Value, have: &Value) -> bool {
-    want == have || want.to_string() == have.to_string()
 }
 
 impl<K> Clone for Cached<K> {

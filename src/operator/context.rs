@@ -47,7 +47,7 @@ pub struct Context {
     pub build: BuildConfig,
     pub fence: Fence,
     pub metrics: Metrics,
-    pub recorder: Recorder,
+    reporter: Reporter,
     /// How often a converged object is looked at again (reads only).
     pub resync: Duration,
     /// The aggregation engine, when polling is on.
@@ -58,8 +58,7 @@ pub struct Context {
 impl Context {
     pub fn new(client: Client, stores: Stores, build: BuildConfig, fence: Fence, metrics: Metrics, resync: Duration) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, stores, build, fence, metrics, recorder, resync, engine: None, failures: Mutex::new(HashMap::new()) }
+        Self { client, stores, build, fence, metrics, reporter, resync, engine: None, failures: Mutex::new(HashMap::new()) }
     }
 
     pub fn with_engine(mut self, engine: Option<Arc<Engine>>) -> Self {
@@ -200,7 +199,13 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        match self.recorder.publish(&event, reference).await {
+        // A recorder per Event: kube's Recorder keeps every Event it published for six minutes
+        // (to turn repeats into a series) and is swept only when the next one is published,
+        // scanning all of them under one lock. The operator publishes one Event per
+        // transition, so that cache held every cold start's Events (four per Workspace with
+        // its binding) for as long as nothing else happened and serialised the publishing.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        match recorder.publish(&event, reference).await {
             Ok(()) => self.metrics.record_write(controller, "Event", "create"),
             Err(error) => tracing::warn!(%error, reason, "failed to publish event"),
         }

@@ -240,8 +240,15 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
     let secret_triggers = secret_metadata_changes(scope.clone());
     let bindings_for_secret = bindings.clone();
     let bindings_for_workspace = bindings.clone();
+    let mut new_specs = SpecChanges::default();
+    let known = workspaces.clone();
+    let ws_spec_changes = ws_for_tb.filter(move |ws| {
+        // Deleted Workspaces are forgotten now and then (shared streams carry no deletes).
+        new_specs.prune(|key| key.split_once('/').is_some_and(|(ns, name)| known.get(&ObjectRef::new(name).within(ns)).is_some()));
+        std::future::ready(new_specs.changed(object_key(ws.as_ref()), ws.metadata.generation))
+    });
     let binding_controller = Controller::for_shared_stream(tb_for_tb, bindings.clone())
-        .watches_shared_stream(ws_for_tb, move |ws: Arc<Workspace>| {
+        .watches_shared_stream(ws_spec_changes, move |ws: Arc<Workspace>| {
             let ns = ws.namespace().unwrap_or_default();
             let name = ws.name_any();
             referencing(&bindings_for_workspace, move |b| {
@@ -274,6 +281,30 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
         _ = binding_controller => {}
         _ = mark_synced => {}
         _ = polling => {}
+    }
+}
+
+/// Which Workspace events concern its bindings: a new spec (generation), or one not seen
+/// before. A binding reads only the Workspace's existence and spec; its status changes
+/// several times while the portal rolls out, and each change used to cost a reconcile of
+/// every binding of the Workspace (each reading its Secret twice).
+#[derive(Default)]
+struct SpecChanges {
+    seen: std::collections::HashMap<String, Option<i64>>,
+    prune_above: usize,
+}
+
+impl SpecChanges {
+    fn changed(&mut self, key: String, generation: Option<i64>) -> bool {
+        self.seen.insert(key, generation) != Some(generation)
+    }
+
+    /// Keeps only the keys `exists` confirms, once the map has doubled since the last time.
+    fn prune(&mut self, exists: impl Fn(&str) -> bool) {
+        if self.seen.len() > self.prune_above {
+            self.seen.retain(|key, _| exists(key));
+            self.prune_above = (2 * self.seen.len()).max(1024);
+        }
     }
 }
 

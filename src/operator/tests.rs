@@ -449,3 +449,15 @@ async fn a_policy_violation_applies_only_what_is_allowed() {
     let status = requests.iter().find(|r| r.path.ends_with("/status")).expect("status written");
     assert_eq!(condition_in(&status.body, READY), ("False".into(), "PolicyViolation".into()));
 }
+
+#[test]
+fn bindings_hear_of_a_workspace_only_when_its_spec_changes() {
+    let mut changes = super::SpecChanges::default();
+    assert!(changes.changed("team/a".into(), Some(1)), "a Workspace seen for the first time");
+    assert!(!changes.changed("team/a".into(), Some(1)), "a status write keeps the generation");
+    assert!(changes.changed("team/b".into(), Some(1)), "another Workspace");
+    assert!(changes.changed("team/a".into(), Some(2)), "a new spec");
+    assert!(!changes.changed("team/a".into(), Some(2)));
+    changes.prune(|key| key == "team/a");
+    assert!(changes.changed("team/b".into(), Some(1)), "a deleted Workspace is forgotten");
+}
