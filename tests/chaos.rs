@@ -442,6 +442,8 @@ async fn divergences(world: &World) -> Vec<String> {
             out.push(format!("Workspace {name}: observedGeneration is not current"));
         } else if !status.is_some_and(|s| conditions::is_true(&s.conditions, READY)) {
             out.push(format!("Workspace {name} is not Ready"));
+        } else if !status.and_then(|s| s.tools.as_ref()).is_some_and(|t| t.failing == 0 && t.ready == t.total) {
+            out.push(format!("Workspace {name}: the roll-up still counts a tool that is not ready"));
         }
         let child = format!("{name}-portal");
         match deployments.get(&child) {
