@@ -135,7 +135,7 @@ impl Ledger {
     pub fn block(&self, credential: &str, observed: &Observed, now: Timestamp) -> LedgerEntry {
         let mut entries = self.entries.lock().expect("ledger lock");
         let entry = entries.entry(credential.to_string()).or_default();
-        if !entry.blocked_until.is_some_and(|until| until > now) {
+        if entry.blocked_until.is_none_or(|until| until <= now) {
             entry.strikes = entry.strikes.saturating_add(1);
         }
         let wait = match (observed.retry_after, observed.remaining, observed.reset_at) {
