@@ -747,9 +747,10 @@ impl Fault {
     }
 
     /// Faults after which the operator has nothing to change: every write must be for an
-    /// object the load touched.
+    /// object the load touched. Not quiet: a Redis outage, which every binding's `Degraded`
+    /// condition reports while the cache falls back to memory (a real transition).
     fn quiet(self) -> bool {
-        !matches!(self, Fault::DeleteChild | Fault::DeleteNode) && self.upstream_mode().is_none()
+        !matches!(self, Fault::DeleteChild | Fault::DeleteNode | Fault::RedisRestart) && self.upstream_mode().is_none()
     }
 }
 
