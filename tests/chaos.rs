@@ -15,7 +15,7 @@
 //!   object the load did not touch;
 //! - no duplicate polling: no binding polled twice within half its interval (at the fakes).
 //!
-//! Knobs (environment): CHAOS_WORKSPACES (40), CHAOS_TRIALS (trials per fault, 3),
+//! Knobs (environment): CHAOS_WORKSPACES (30; the soak's 40), CHAOS_TRIALS (trials per fault, 2),
 //! CHAOS_FAULTS (comma-separated fault names, all by default), CHAOS_SEED, SOAK_MINUTES (30).
 //! Results go to artifacts/chaos/.
 
@@ -1022,8 +1022,8 @@ async fn wait_converged(world: &World, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the reliability suite: make chaos"]
 async fn chaos() {
-    let workspaces = env_or("CHAOS_WORKSPACES", 40usize);
-    let trials_per_fault = env_or("CHAOS_TRIALS", 3usize);
+    let workspaces = env_or("CHAOS_WORKSPACES", 30usize);
+    let trials_per_fault = env_or("CHAOS_TRIALS", 2usize);
     let seed = env_or("CHAOS_SEED", rand::random::<u64>() % 1_000_000);
     let only: Option<Vec<String>> = std::env::var("CHAOS_FAULTS").ok().map(|v| v.split(',').map(str::to_string).collect());
     let faults: Vec<Fault> = Fault::ALL.into_iter().filter(|f| only.as_ref().is_none_or(|o| o.iter().any(|n| n == f.name()))).collect();
