@@ -128,11 +128,16 @@ impl Ledger {
     }
 
     /// The provider refused with a limit: wait `Retry-After` when given, else at least 60 s,
-    /// doubling with each consecutive hit (GitHub's guidance for secondary limits).
+    /// doubling with each consecutive hit (GitHub's guidance for secondary limits). A refusal
+    /// that arrives while the credential is already waiting answers a request sent before the
+    /// wait began (in flight, or another binding's with the same token): it is the same hit,
+    /// not a new one, so a burst of refusals does not double the wait once per request.
     pub fn block(&self, credential: &str, observed: &Observed, now: Timestamp) -> LedgerEntry {
         let mut entries = self.entries.lock().expect("ledger lock");
         let entry = entries.entry(credential.to_string()).or_default();
-        entry.strikes = entry.strikes.saturating_add(1);
+        if entry.blocked_until.is_none_or(|until| until <= now) {
+            entry.strikes = entry.strikes.saturating_add(1);
+        }
         let wait = match (observed.retry_after, observed.remaining, observed.reset_at) {
             (Some(wait), _, _) => wait,
             // The primary quota is used up: wait for its reset, plus a second because reset
@@ -219,10 +224,18 @@ mod tests {
         let ledger = Ledger::default();
         let first = ledger.block("tok", &Observed::default(), now());
         assert_eq!(first.blocked_until, Some(now().checked_add(SignedDuration::from_secs(60)).unwrap()));
-        let second = ledger.block("tok", &Observed::default(), now());
-        assert_eq!(second.blocked_until, Some(now().checked_add(SignedDuration::from_secs(120)).unwrap()));
-        let told = ledger.block("tok", &Observed { retry_after: Some(Duration::from_secs(7)), ..Default::default() }, now());
-        assert_eq!(told.blocked_until, Some(now().checked_add(SignedDuration::from_secs(7)).unwrap()), "Retry-After wins");
+        // The chaos suite's 429 storm: thirty bindings sharing a token, each refused while the
+        // first refusal's wait runs, had doubled it to 32 minutes. They are one hit.
+        for _ in 0..30 {
+            ledger.block("tok", &Observed::default(), now());
+        }
+        assert_eq!(ledger.get("tok").unwrap().blocked_until, first.blocked_until, "refusals during the wait do not double it");
+        // Refused again after waiting: that doubles.
+        let later = now().checked_add(SignedDuration::from_secs(61)).unwrap();
+        let second = ledger.block("tok", &Observed::default(), later);
+        assert_eq!(second.blocked_until, Some(later.checked_add(SignedDuration::from_secs(120)).unwrap()));
+        let told = ledger.block("tok", &Observed { retry_after: Some(Duration::from_secs(7)), ..Default::default() }, later);
+        assert_eq!(told.blocked_until, Some(later.checked_add(SignedDuration::from_secs(7)).unwrap()), "Retry-After wins");
         // An exhausted primary quota whose reset is (just) past: retry a second later, not in minutes.
         let just_past = Observed { remaining: Some(0), reset_at: Some(now()), ..Default::default() };
         assert_eq!(ledger.block("tok", &just_past, now()).blocked_until, Some(now().checked_add(SignedDuration::from_secs(1)).unwrap()));
