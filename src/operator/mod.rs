@@ -245,7 +245,7 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
     let ws_spec_changes = ws_for_tb.filter(move |ws| {
         // Deleted Workspaces are forgotten now and then (shared streams carry no deletes).
         new_specs.prune(|key| key.split_once('/').is_some_and(|(ns, name)| known.get(&ObjectRef::new(name).within(ns)).is_some()));
-        std::future::ready(new_specs.changed(object_key(ws.as_ref()), ws.metadata.generation))
+        std::future::ready(new_specs.changed(object_key(ws.as_ref()), ws.metadata.uid.clone(), ws.metadata.generation))
     });
     let binding_controller = Controller::for_shared_stream(tb_for_tb, bindings.clone())
         .watches_shared_stream(ws_spec_changes, move |ws: Arc<Workspace>| {
@@ -285,18 +285,19 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
 }
 
 /// Which Workspace events concern its bindings: a new spec (generation), or one not seen
-/// before. A binding reads only the Workspace's existence and spec; its status changes
+/// before — including one re-created under the same name (a new uid, generation 1 again). A binding reads only the Workspace's existence and spec; its status changes
 /// several times while the portal rolls out, and each change used to cost a reconcile of
 /// every binding of the Workspace (each reading its Secret twice).
 #[derive(Default)]
 struct SpecChanges {
-    seen: std::collections::HashMap<String, Option<i64>>,
+    seen: std::collections::HashMap<String, (Option<String>, Option<i64>)>,
     prune_above: usize,
 }
 
 impl SpecChanges {
-    fn changed(&mut self, key: String, generation: Option<i64>) -> bool {
-        self.seen.insert(key, generation) != Some(generation)
+    fn changed(&mut self, key: String, uid: Option<String>, generation: Option<i64>) -> bool {
+        let seen = (uid, generation);
+        self.seen.insert(key, seen.clone()) != Some(seen)
     }
 
     /// Keeps only the keys `exists` confirms, once the map has doubled since the last time.

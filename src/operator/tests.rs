@@ -453,11 +453,14 @@ async fn a_policy_violation_applies_only_what_is_allowed() {
 #[test]
 fn bindings_hear_of_a_workspace_only_when_its_spec_changes() {
     let mut changes = super::SpecChanges::default();
-    assert!(changes.changed("team/a".into(), Some(1)), "a Workspace seen for the first time");
-    assert!(!changes.changed("team/a".into(), Some(1)), "a status write keeps the generation");
-    assert!(changes.changed("team/b".into(), Some(1)), "another Workspace");
-    assert!(changes.changed("team/a".into(), Some(2)), "a new spec");
-    assert!(!changes.changed("team/a".into(), Some(2)));
+    let uid = |u: &str| Some(u.to_string());
+    assert!(changes.changed("team/a".into(), uid("1"), Some(1)), "a Workspace seen for the first time");
+    assert!(!changes.changed("team/a".into(), uid("1"), Some(1)), "a status write keeps the generation");
+    assert!(changes.changed("team/b".into(), uid("2"), Some(1)), "another Workspace");
+    assert!(changes.changed("team/a".into(), uid("1"), Some(2)), "a new spec");
+    assert!(!changes.changed("team/a".into(), uid("1"), Some(2)));
+    // Deleted and re-created under the same name before a prune: generation 1 again.
+    assert!(changes.changed("team/b".into(), uid("3"), Some(1)), "a re-created Workspace is new");
     changes.prune(|key| key == "team/a");
-    assert!(changes.changed("team/b".into(), Some(1)), "a deleted Workspace is forgotten");
+    assert!(changes.changed("team/b".into(), uid("3"), Some(1)), "a deleted Workspace is forgotten");
 }
