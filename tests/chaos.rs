@@ -444,15 +444,28 @@ async fn divergences(world: &World) -> Vec<String> {
             out.push(format!("Workspace {name} is not Ready"));
         } else if !status.and_then(|s| s.tools.as_ref()).is_some_and(|t| t.failing == 0 && t.ready == t.total) {
             out.push(format!("Workspace {name}: the roll-up still counts a tool that is not ready"));
+        } else if !status.and_then(|s| s.portal.as_ref()).is_some_and(|p| p.replicas == *replicas && p.ready_replicas == *replicas) {
+            out.push(format!("Workspace {name}: its status does not yet show {replicas} ready portal pods"));
         }
         let child = format!("{name}-portal");
         match deployments.get(&child) {
             None => out.push(format!("Deployment {child} is missing")),
             Some(d) => {
                 let spec = d.spec.as_ref().and_then(|s| s.replicas);
-                let available = d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+                let status = d.status.clone().unwrap_or_default();
+                let available = status.available_replicas.unwrap_or(0);
                 if spec != Some(*replicas) || available != *replicas {
                     out.push(format!("Deployment {child}: {spec:?} asked, {available} available, {replicas} wanted"));
+                } else if status.observed_generation != d.metadata.generation
+                    || status.updated_replicas != Some(*replicas)
+                    || status.replicas != Some(*replicas)
+                {
+                    // Mid-rollout the available count can pass through the wanted one (new pods
+                    // ready, old ones not yet gone) and move again after the trial ends.
+                    out.push(format!(
+                        "Deployment {child}: still rolling out ({:?} pods, {:?} updated, {replicas} wanted)",
+                        status.replicas, status.updated_replicas
+                    ));
                 }
             }
         }
