@@ -187,6 +187,8 @@ struct World {
     desired: Mutex<Vec<i32>>,
     /// Workspaces whose spec or upstream the load changed in the current trial.
     touched: Mutex<BTreeSet<usize>>,
+    /// The audit log's size at the start of each trial, to read back a little before a trial.
+    audit_marks: Mutex<Vec<(Instant, u64)>>,
     load_on: AtomicBool,
     load_stop: AtomicBool,
 }
@@ -245,6 +247,7 @@ impl World {
             history: Mutex::new(history),
             desired: Mutex::new(vec![1; workspaces]),
             touched: Mutex::new(BTreeSet::new()),
+            audit_marks: Mutex::new(Vec::new()),
             load_on: AtomicBool::new(false),
             load_stop: AtomicBool::new(false),
         });
@@ -444,15 +447,28 @@ async fn divergences(world: &World) -> Vec<String> {
             out.push(format!("Workspace {name} is not Ready"));
         } else if !status.and_then(|s| s.tools.as_ref()).is_some_and(|t| t.failing == 0 && t.ready == t.total) {
             out.push(format!("Workspace {name}: the roll-up still counts a tool that is not ready"));
+        } else if !status.and_then(|s| s.portal.as_ref()).is_some_and(|p| p.replicas == *replicas && p.ready_replicas == *replicas) {
+            out.push(format!("Workspace {name}: its status does not yet show {replicas} ready portal pods"));
         }
         let child = format!("{name}-portal");
         match deployments.get(&child) {
             None => out.push(format!("Deployment {child} is missing")),
             Some(d) => {
                 let spec = d.spec.as_ref().and_then(|s| s.replicas);
-                let available = d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+                let status = d.status.clone().unwrap_or_default();
+                let available = status.available_replicas.unwrap_or(0);
                 if spec != Some(*replicas) || available != *replicas {
                     out.push(format!("Deployment {child}: {spec:?} asked, {available} available, {replicas} wanted"));
+                } else if status.observed_generation != d.metadata.generation
+                    || status.updated_replicas != Some(*replicas)
+                    || status.replicas != Some(*replicas)
+                {
+                    // Mid-rollout the available count can pass through the wanted one (new pods
+                    // ready, old ones not yet gone) and move again after the trial ends.
+                    out.push(format!(
+                        "Deployment {child}: still rolling out ({:?} pods, {:?} updated, {replicas} wanted)",
+                        status.replicas, status.updated_replicas
+                    ));
                 }
             }
         }
@@ -581,8 +597,15 @@ impl Polls {
 /// Operator writes (Lease aside) for Workspaces the load did not touch that no poll explains:
 /// a binding's status may follow its own poll (a new rate-limit reading, a sync time), its
 /// Workspace's status the binding's, and Events those writes; anything else (a child, a
-/// status without a poll before it) is a write for an unchanged object.
-fn writes_to_untouched(events: &[serde_json::Value], identities: [&str; 2], touched: &BTreeSet<usize>, polls: &Polls) -> Vec<String> {
+/// status without a poll before it) is a write for an unchanged object. Writes before `since`
+/// (the trial's start) only explain later ones.
+fn writes_to_untouched(
+    events: &[serde_json::Value],
+    since: jiff::Timestamp,
+    identities: [&str; 2],
+    touched: &BTreeSet<usize>,
+    polls: &Polls,
+) -> Vec<String> {
     let window = jiff::SignedDuration::from_secs(20);
     let mut writes: Vec<(jiff::Timestamp, &serde_json::Value)> = events
         .iter()
@@ -601,7 +624,7 @@ fn writes_to_untouched(events: &[serde_json::Value], identities: [&str; 2], touc
             out.push(format!("{} wrote {} {} (no Workspace)", identity_of(e).unwrap_or_default(), e["verb"], e["requestURI"]));
             continue;
         };
-        if touched.contains(&owner) {
+        if touched.contains(&owner) && at >= since {
             continue;
         }
         let resource = e["objectRef"]["resource"].as_str().unwrap_or("");
@@ -619,7 +642,7 @@ fn writes_to_untouched(events: &[serde_json::Value], identities: [&str; 2], touc
         if ok && status {
             explained.push((name.to_string(), at));
         }
-        if !ok {
+        if !ok && at >= since {
             out.push(format!("{} wrote {} {} at {at} (unchanged)", identity_of(e).unwrap_or_default(), e["verb"], e["requestURI"]));
         }
     }
@@ -875,6 +898,14 @@ async fn run_trial(world: &World, fault: Fault, rng: &mut StdRng) -> Trial {
         fake.seen.lock().unwrap().retain(|s| started.duration_since(s.at) < Duration::from_secs(60));
     }
     let offset = audit_log_size().expect("HYPERPAGE_E2E_AUDIT_LOG (source e2e/.run/env)");
+    let since = jiff::Timestamp::now();
+    // A write just before the trial (a binding's status after its poll) explains its
+    // Workspace's roll-up just after it: read back further than the explanation window.
+    let lookback = {
+        let mut marks = world.audit_marks.lock().unwrap();
+        marks.push((started, offset));
+        marks.iter().rev().find(|(at, _)| started.duration_since(*at) > Duration::from_secs(30)).map_or(0, |(_, o)| *o)
+    };
     let ids = world.names.identities;
     let leader_before = world.leader().await.map(|s| (jiff::Timestamp::now(), ids[s].to_string()));
     let before = statuses(world).await;
@@ -904,7 +935,7 @@ async fn run_trial(world: &World, fault: Fault, rng: &mut StdRng) -> Trial {
     violations.extend(non_leader_writes(&events, ids, &timeline));
     if fault.quiet() {
         let touched = world.touched.lock().unwrap().clone();
-        let unchanged = writes_to_untouched(&events, ids, &touched, &Polls::of(world));
+        let unchanged = writes_to_untouched(&audit_events_since(lookback), since, ids, &touched, &Polls::of(world));
         if !unchanged.is_empty() {
             violations.extend(status_changes(&before, &statuses(world).await, &unchanged));
         }
@@ -1142,4 +1173,31 @@ async fn soak() {
     std::fs::write(out_dir().join("soak.md"), &samples).unwrap();
     eprintln!("{samples}");
     let _ = std::fs::remove_file(&world.key_file);
+}
+
+/// The invariant-3 check itself: what explains a write, and what a look-back may not flag.
+#[test]
+fn a_roll_up_just_after_the_trial_started_is_explained_by_the_binding_write_before_it() {
+    let write = |at: &str, resource: &str, name: &str| {
+        serde_json::json!({
+            "stage": "ResponseComplete", "verb": "patch", "requestReceivedTimestamp": at,
+            "userAgent": "hyperpage-operator/0.1.0 (chaos-a)",
+            "requestURI": format!("/{resource}/{name}/status"),
+            "objectRef": {"resource": resource, "name": name, "subresource": "status"},
+        })
+    };
+    let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    let polls = Polls { github: vec![("/repos/acme/r026".into(), t("2026-11-23T22:29:52.500Z"))], gitlab: vec![], jira: vec![] };
+    let events =
+        [write("2026-11-23T22:29:52.722Z", "toolbindings", "ws-026-github"), write("2026-11-23T22:29:52.781Z", "workspaces", "ws-026")];
+    let ids = ["chaos-a", "chaos-b"];
+    let none = BTreeSet::new();
+    // The trial began between the two writes: the binding's explains the roll-up.
+    assert!(writes_to_untouched(&events, t("2026-11-23T22:29:52.750Z"), ids, &none, &polls).is_empty());
+    // Without the binding write (no look-back), the roll-up is a write for an unchanged object.
+    assert_eq!(writes_to_untouched(&events[1..], t("2026-11-23T22:29:52.750Z"), ids, &none, &polls).len(), 1);
+    // A binding write with no poll before it is flagged, inside the trial, not before it.
+    let unpolled = Polls { github: vec![], gitlab: vec![], jira: vec![] };
+    assert_eq!(writes_to_untouched(&events[..1], t("2026-11-23T22:29:52.700Z"), ids, &none, &unpolled).len(), 1);
+    assert!(writes_to_untouched(&events[..1], t("2026-11-23T22:29:52.750Z"), ids, &none, &unpolled).is_empty());
 }
