@@ -3,8 +3,9 @@
 //! operator replicas and a portal, with the PrometheusRule that `helm template` renders
 //! (short `for:` values through the chart's values) as its rule file. Every query of every
 //! dashboard panel returns a series; a binding on a failing fake makes its alert pending
-//! (and none for the healthy one), and deleting the binding ends it; SIGKILL of both
-//! replicas makes the no-leader alert pending.
+//! (and none for the healthy one); deleting one ends its alert, and so does the tool
+//! recovering while the leader changes; SIGKILL of both replicas makes the no-leader alert
+//! pending.
 
 use crate::engine::fakes::Mode;
 use crate::engine::fakes::github::{self, Github, Repo};
@@ -177,8 +178,8 @@ fn scrape_config(operators: &[&Operator], portal: &Portal, namespace: &str) -> S
     )
 }
 
-/// A Workspace with two GitHub bindings, `github` on a healthy fake and `github-broken` on
-/// one that answers 502, each with its opted-in Secret.
+/// A Workspace with three GitHub bindings, `github` on a healthy fake and `github-broken` and
+/// `github-gone` on one that answers 502, each with its opted-in Secret.
 fn workspace_and_bindings(healthy: &str, broken: &str) -> String {
     let secret = |name: &str, endpoint: &str| {
         format!(
@@ -196,10 +197,12 @@ fn workspace_and_bindings(healthy: &str, broken: &str) -> String {
     [
         secret("github-token", healthy),
         secret("github-broken-token", broken),
+        secret("github-gone-token", broken),
         "apiVersion: hyperpage.dev/v1alpha1\nkind: Workspace\nmetadata: {name: payments}\nspec: {refreshInterval: 30s, portal: {replicas: 1}}\n---\n"
             .to_string(),
         binding("github", healthy),
         binding("github-broken", broken),
+        binding("github-gone", broken),
     ]
     .concat()
 }
@@ -274,7 +277,7 @@ async fn a_real_prometheus_draws_every_panel_and_raises_the_charts_alerts() {
         assert_eq!(response.status(), reqwest::StatusCode::OK, "{path} as the viewer");
     }
 
-    // The failing binding: pending (then firing after FOR), and nothing for the healthy one.
+    // The failing bindings: pending (then firing after FOR), and nothing for the healthy one.
     let degraded = wait_for("HyperpageToolBindingDegraded for github-broken", Duration::from_secs(90), || async {
         let alerts = prometheus.alerts("HyperpageToolBindingDegraded").await?;
         let alert = alerts.into_iter().find(|a| a["labels"]["name"] == "github-broken")?;
@@ -283,14 +286,17 @@ async fn a_real_prometheus_draws_every_panel_and_raises_the_charts_alerts() {
     .await;
     eprintln!("HyperpageToolBindingDegraded: {} for {}/github-broken", state(&degraded), ns.name);
     assert_eq!(state(&degraded), "pending", "first pending, for {FOR}");
-    let firing = wait_for("the degraded alert to fire after its for:", Duration::from_secs(60), || async {
+    let firing = wait_for("the degraded alerts to fire after their for:", Duration::from_secs(60), || async {
         let alerts = prometheus.alerts("HyperpageToolBindingDegraded").await?;
-        alerts.into_iter().find(|a| a["labels"]["name"] == "github-broken" && state(a) == "firing")
+        (alerts.len() == 2 && alerts.iter().all(|a| state(a) == "firing")).then_some(alerts)
     })
     .await;
-    assert!(firing["annotations"]["description"].as_str().unwrap().contains("kubectl describe toolbinding github-broken"));
-    let alerts = prometheus.alerts("HyperpageToolBindingDegraded").await.unwrap();
-    assert_eq!(alerts.len(), 1, "only the failing binding alerts: {alerts:?}");
+    let mut names: Vec<&str> = firing.iter().map(|a| a["labels"]["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["github-broken", "github-gone"], "only the failing bindings alert");
+    assert!(
+        firing.iter().any(|a| a["annotations"]["description"].as_str().unwrap().contains("kubectl describe toolbinding github-broken"))
+    );
     for quiet in ["HyperpageNoLeader", "HyperpageOperatorAbsent", "HyperpageRateLimitNearlyExhausted", "HyperpageRedisFallback"] {
         assert_eq!(prometheus.alerts(quiet).await.unwrap(), Vec::<Value>::new(), "{quiet} is silent on a healthy operator");
     }
@@ -317,10 +323,34 @@ async fn a_real_prometheus_draws_every_panel_and_raises_the_charts_alerts() {
     }
     eprintln!("{} dashboard queries, each with at least one series", queries.len());
 
-    // The binding deleted: its series goes, and so does the alert (not stuck on a stale value).
+    // A binding deleted: its series goes, and so does its alert (not stuck on a stale value).
     let bindings: Api<ToolBinding> = Api::namespaced(client.clone(), &ns.name);
-    bindings.delete("github-broken", &DeleteParams::default()).await.unwrap();
+    bindings.delete("github-gone", &DeleteParams::default()).await.unwrap();
     wait_for("the deleted binding's alert to end", Duration::from_secs(60), || async {
+        let alerts = prometheus.alerts("HyperpageToolBindingDegraded").await?;
+        (alerts.len() == 1 && alerts[0]["labels"]["name"] == "github-broken").then_some(())
+    })
+    .await;
+
+    // The leader frozen (SIGSTOP: a partition, a long pause) while its tool recovers: the
+    // standby takes over and polls the tool fine, and when the old leader wakes up deposed it
+    // must not keep exporting the 1 it saw, or the alert would never end.
+    let (leader, standby) = if a.metric("hyperpage_leader ").await == Some(1.0) { (&a, &b) } else { (&b, &a) };
+    assert_eq!(leader.metric("hyperpage_leader ").await, Some(1.0), "one of the replicas leads");
+    leader.signal("STOP");
+    broken.shared.set_mode(Mode::Normal);
+    wait_for("the standby to take over from the frozen leader", Duration::from_secs(30), || async {
+        (standby.metric("hyperpage_leader ").await? == 1.0).then_some(())
+    })
+    .await;
+    leader.signal("CONT");
+    wait_for("the woken replica to know it is deposed", Duration::from_secs(30), || async {
+        (leader.metric("hyperpage_leader ").await? == 0.0).then_some(())
+    })
+    .await;
+    let deposed = leader.metrics().await.unwrap();
+    assert!(!deposed.contains("hyperpage_toolbinding_degraded{"), "a deposed replica exports no binding state:\n{deposed}");
+    wait_for("the recovered binding's alert to end", Duration::from_secs(90), || async {
         prometheus.alerts("HyperpageToolBindingDegraded").await?.is_empty().then_some(())
     })
     .await;
