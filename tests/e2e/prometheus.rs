@@ -373,4 +373,9 @@ async fn a_real_prometheus_draws_every_panel_and_raises_the_charts_alerts() {
     assert_eq!(absent.iter().map(state).collect::<Vec<_>>(), ["pending"], "nothing scraped: absent is pending (for 10m)");
     let targets = prometheus.targets().await.unwrap();
     assert!(targets.iter().filter(|(job, _, _)| job == JOB).all(|(_, _, health)| health == "down"), "{targets:?}");
+    // Nothing Prometheus had to complain about: no sample it refused, no rule that failed to
+    // evaluate (a down target is no warning).
+    let log = prometheus.log();
+    let complaints: Vec<&str> = log.lines().filter(|l| l.contains("level=WARN") || l.contains("level=ERROR")).collect();
+    assert!(complaints.is_empty(), "Prometheus logged:\n{}", complaints.join("\n"));
 }
