@@ -50,3 +50,7 @@ image-push: ## push that image and the chart to REGISTRY (e.g. REGISTRY=$$HYPERP
 .PHONY: bench
 bench: ## the scale benchmark on a fresh local control plane per size; writes BENCHMARKS.md (see bench/run.sh)
 	bash bench/run.sh
+
+.PHONY: rules-test
+rules-test: ## promtool unit tests of the chart's alerts (tests/prometheus/alerts.test.yaml; part of make test)
+	bash e2e/rules-test.sh

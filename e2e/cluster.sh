@@ -11,7 +11,8 @@
 #   e2e/cluster.sh env       print the env file (eval "$(e2e/cluster.sh env)")
 #   e2e/cluster.sh bin-dir   print the directory holding the binaries (builds if needed)
 #   e2e/cluster.sh free-ports N  print N free TCP ports on 127.0.0.1
-#   e2e/cluster.sh tool NAME print the path of the test-only program in e2e/tools/NAME (builds if needed)
+#   e2e/cluster.sh tool NAME [BINARY]  print the path of the test-only program in e2e/tools/NAME
+#                            (builds if needed; BINARY: one of several commands it builds)
 #   e2e/cluster.sh status    say whether the local cluster is running
 #   e2e/cluster.sh stop-component NAME     stop one running component (its command line is kept)
 #   e2e/cluster.sh start-component NAME    start it again with the same command line, wait until it answers
@@ -189,29 +190,37 @@ build() {
 # A test-only program in $TOOLS_DIR/NAME: the package its tools.go imports (a pinned
 # upstream tool), or else the module's own main package (a program of ours, such as the
 # OpenID provider). Built once per module content and Go version; prints the binary's path.
+# A tools.go may import several commands of one module (prometheus: prometheus and
+# promtool), built in one `go build`; `tool NAME BINARY` names the one to print. Extra
+# `go build` flags (e.g. -tags) may sit in NAME/build-flags, one per line.
 tool() {
-    local name=$1 dir=$TOOLS_DIR/$1 pkg=. key out
+    local name=$1 bin=${2:-$1} dir=$TOOLS_DIR/$1 pkgs=(.) key out flags=()
     [[ -f $dir/go.mod ]] || die "no Go module $dir"
     if [[ -f $dir/tools.go ]]; then
-        pkg=$(awk '$1 == "import" && $2 == "_" { gsub(/"/, "", $3); print $3 }' "$dir/tools.go")
-        [[ -n $pkg ]] || die "$dir/tools.go imports no package"
+        mapfile -t pkgs < <(awk '($1 == "import" && $2 == "_") { gsub(/"/, "", $3); print $3 }
+                                 ($1 == "_" && $2 ~ /^"/) { gsub(/"/, "", $2); print $2 }' "$dir/tools.go")
+        ((${#pkgs[@]})) || die "$dir/tools.go imports no package"
     fi
-    key=$( { go env GOVERSION GOOS GOARCH; cat "$dir"/go.mod "$dir"/go.sum "$dir"/*.go; } | sha256sum | cut -c1-12)
+    [[ -f $dir/build-flags ]] && mapfile -t flags <"$dir/build-flags"
+    key=$( { go env GOVERSION GOOS GOARCH; cat "$dir"/go.mod "$dir"/go.sum "$dir"/*.go; cat "$dir"/build-flags 2>/dev/null || true; } | sha256sum | cut -c1-12)
     out=$CACHE_ROOT/tools/$name-$key
     if [[ ! -e $out/.complete ]]; then
         mkdir -p "$out"
         exec 7>"$out/.lock"
         flock 7
         if [[ ! -e $out/.complete ]]; then
-            local start=$SECONDS
-            log "building $name ($pkg) ..."
-            (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$out/$name" "$pkg") || die "building $name failed"
+            local start=$SECONDS target=$out/$name
+            # Several packages: each binary is named after its package's last element.
+            ((${#pkgs[@]} > 1)) && target=$out/
+            log "building $name (${pkgs[*]}) ..."
+            (cd "$dir" && go build -trimpath -ldflags "-s -w" "${flags[@]}" -o "$target" "${pkgs[@]}") || die "building $name failed"
             touch "$out/.complete"
             log "built $name in $((SECONDS - start))s"
         fi
         exec 7>&-
     fi
-    echo "$out/$name"
+    [[ -x $out/$bin ]] || die "$name built no binary $bin"
+    echo "$out/$bin"
 }
 
 # --- helpers ---------------------------------------------------------------------------
@@ -632,7 +641,7 @@ main() {
             ;;
         bin-dir) build; bin_dir ;;
         free-ports) free_ports "${2:-1}" ;;
-        tool) [[ -n ${2:-} ]] || die "usage: $0 tool NAME"; tool "$2" ;;
+        tool) [[ -n ${2:-} ]] || die "usage: $0 tool NAME [BINARY]"; tool "$2" "${3:-}" ;;
         stop-component) [[ -n ${2:-} ]] || die "usage: $0 stop-component NAME"; lock_cluster; stop_component "$2" ;;
         start-component) [[ -n ${2:-} ]] || die "usage: $0 start-component NAME"; lock_cluster; start_component "$2" ;;
         restart-component)
@@ -648,7 +657,7 @@ main() {
             if local_cluster_running; then echo "running ($ADMIN_KUBECONFIG)"; else echo "not running"; exit 1; fi
             ;;
         *)
-            echo "usage: $0 {build|up|down|env|bin-dir|free-ports N|tool NAME|status|stop-component NAME|start-component NAME|restart-component NAME [SECONDS]|nodes}" >&2
+            echo "usage: $0 {build|up|down|env|bin-dir|free-ports N|tool NAME [BINARY]|status|stop-component NAME|start-component NAME|restart-component NAME [SECONDS]|nodes}" >&2
             exit 2
             ;;
     esac

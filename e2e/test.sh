@@ -22,7 +22,7 @@ fi
 prebuild_log=$(mktemp)
 # Its own process group (setsid), so an early failure here stops the whole build.
 # shellcheck disable=SC2016 # $t expands in the inner shell
-setsid bash -c 'bash e2e/cluster.sh build && for t in crane oci-image actionlint; do bash e2e/cluster.sh tool "$t" >/dev/null; done' \
+setsid bash -c 'bash e2e/cluster.sh build && for t in crane oci-image actionlint prometheus; do bash e2e/cluster.sh tool "$t" >/dev/null; done' \
     >"$prebuild_log" 2>&1 </dev/null &
 prebuild=$!
 trap 'kill -- -"$prebuild" 2>/dev/null; rm -f "$prebuild_log"' EXIT
@@ -50,6 +50,9 @@ wait "$prebuild" || { cat "$prebuild_log" >&2; exit 1; }
 grep -h 'built\|complete' "$prebuild_log" >&2 || true
 trap - EXIT
 rm -f "$prebuild_log"
+
+step "promtool test rules: every alert of the chart fires after its for: and stays silent on healthy input (e2e/rules-test.sh)"
+bash e2e/rules-test.sh
 
 if [[ -z "${KUBECONFIG:-}" ]]; then
     step "local control plane (e2e/cluster.sh up)"

@@ -96,4 +96,38 @@ impl Metrics {
     pub fn record_write(&self, controller: &'static str, kind: &'static str, verb: &'static str) {
         self.api_writes.get_or_create(&WriteLabels { controller, kind, verb }).inc();
     }
+
+    /// Called when this replica stops leading: it polls nothing any more, so what it last saw
+    /// of bindings, quotas and Redis would otherwise stay exported for as long as it runs, and
+    /// `max by (namespace, name) (hyperpage_toolbinding_degraded)` would keep alerting on a
+    /// binding the new leader finds healthy (or that was deleted since).
+    pub fn forget_leader_state(&self) {
+        self.engine.degraded.clear();
+        self.engine.upstream.remaining.clear();
+        self.engine.upstream.limit.clear();
+        self.engine.cache.redis_fallback.set(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::BindingLabels;
+
+    #[test]
+    fn a_replica_that_stops_leading_exports_nothing_it_saw_while_leading() {
+        let metrics = Metrics::new();
+        let binding = BindingLabels { namespace: "team".into(), name: "github".into() };
+        metrics.engine.degraded.get_or_create(&binding).set(1);
+        metrics.engine.cache.redis_fallback.set(1);
+        metrics.reconciles.get_or_create(&ControllerLabels { controller: "workspace" }).inc();
+        assert!(metrics.encode().contains("hyperpage_toolbinding_degraded{namespace=\"team\",name=\"github\"} 1"));
+
+        metrics.forget_leader_state();
+        let text = metrics.encode();
+        assert!(!text.contains("hyperpage_toolbinding_degraded{"), "{text}");
+        assert!(text.contains("hyperpage_redis_fallback 0"), "{text}");
+        // Counters are history, not state: they stay.
+        assert!(text.contains("hyperpage_reconcile_total{controller=\"workspace\"} 1"), "{text}");
+    }
 }

@@ -116,6 +116,7 @@ pub async fn run(kube_config: kube::Config, config: OperatorConfig) -> Result<()
             _ = leading.wait_for(|l| !*l) => tracing::info!("lost leadership; controllers stopped"),
             _ = shutdown.wait_for(|s| *s) => {}
         }
+        metrics.forget_leader_state();
         if *shutdown.borrow() {
             break;
         }

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 const ROLLOUT: Duration = Duration::from_secs(120);
 
-/// Every metric the operator and its aggregation engine export; alerts and the dashboard
-/// may use no other.
+/// Every metric the operator and its aggregation engine export, and the portals' that the
+/// dashboard's Portals row shows; alerts and the dashboard may use no other. (Whether each
+/// query really returns series is `prometheus::a_real_prometheus_draws_every_panel_…`.)
 const METRICS: &[&str] = &[
     "hyperpage_reconcile_total",
     "hyperpage_reconcile_errors_total",
@@ -40,6 +41,11 @@ const METRICS: &[&str] = &[
     "hyperpage_cache_requests_total",
     "hyperpage_redis_fallback",
     "hyperpage_toolbinding_degraded",
+    "hyperpage_portal_requests_total",
+    "hyperpage_portal_access_total",
+    "hyperpage_portal_live_clients",
+    "hyperpage_portal_watch_events_total",
+    "hyperpage_portal_relists_total",
 ];
 
 /// Value sets rendered, linted and dry-run applied.
@@ -283,7 +289,8 @@ async fn the_chart_lints_and_renders_manifests_the_api_server_accepts() {
             let rule = find(&objects, "PrometheusRule", "hp-hyperpage-operator").expect("a PrometheusRule");
             let rules = rule.data["spec"]["groups"][0]["rules"].as_array().unwrap();
             let alert = |name: &str| rules.iter().find(|r| r["alert"] == name).unwrap_or_else(|| panic!("alert {name}"));
-            assert_eq!(alert("HyperpageNoLeader")["expr"], "max(hyperpage_leader) < 1");
+            // No replica scraped at all counts as no leader (the series go stale with the pods).
+            assert_eq!(alert("HyperpageNoLeader")["expr"], "(max(hyperpage_leader) or vector(0)) < 1");
             assert_eq!(alert("HyperpageNoLeader")["for"], "5m");
             assert!(alert("HyperpageReconcileErrors")["expr"].as_str().unwrap().contains("rate(hyperpage_reconcile_errors_total[10m])"));
             assert_eq!(alert("HyperpageReconcileErrors")["for"], "15m");

@@ -7,6 +7,7 @@ mod image;
 mod policy;
 mod portal;
 mod portal_auth;
+mod prometheus;
 mod support;
 mod tenancy;
 
