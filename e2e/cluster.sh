@@ -501,6 +501,8 @@ up() {
     # manager and scheduler stop logging errors; no cert with the allowed name is issued.
     # No endpoint reconciler: Endpoints may not hold a loopback IP, so it would only fail
     # every 10s (the `kubernetes` Service still exists, without endpoints).
+    # The audit log is never rotated (the default rotates at 100 MB: a long chaos or bench run
+    # would lose what its readers, which keep an offset into one file, have not read yet).
     start kube-apiserver "$bin/kube-apiserver" \
         --etcd-servers="http://127.0.0.1:$etcd_port" \
         --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
@@ -516,7 +518,7 @@ up() {
         --service-cluster-ip-range="$SERVICE_CIDR" \
         --allow-privileged=true \
         --audit-policy-file="$AUDIT_POLICY" --audit-log-path="$AUDIT_LOG" \
-        --audit-log-format=json --audit-log-mode=blocking \
+        --audit-log-format=json --audit-log-mode=blocking --audit-log-maxsize=1000000 \
         --oidc-issuer-url="$issuer" --oidc-client-id="$OIDC_CLIENT_ID" --oidc-ca-file="$PKI/ca.crt" \
         --oidc-username-claim=email --oidc-username-prefix=oidc: \
         --oidc-groups-claim=groups --oidc-groups-prefix=oidc: \
