@@ -230,6 +230,10 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         }
     }
 
+    // The engine rows (bench/engine/) bring their own fragment.
+    if let Ok(engine) = std::fs::read_to_string(args.results.join("current").join("engine.md")) {
+        writeln!(w, "\n{engine}")?;
+    }
     if let Ok(shards) = std::fs::read_to_string(args.results.join("shards.md")) {
         writeln!(w, "\n## Shard assignment (simulation, docs/scaling.md)\n\n{shards}")?;
     }
