@@ -15,9 +15,9 @@
 //!
 //!   engine --bindings 10000 --interval 40s --measure-secs 80 --out bench/results/current
 
-#[allow(dead_code)]
 #[path = "../../tests/fakes/mod.rs"]
 mod fakes;
+mod portal;
 
 use clap::Parser;
 use fakes::github::{self, Github, Repo};
@@ -59,6 +59,12 @@ struct Args {
     /// Bindings polled with fresh caches for the naive reference.
     #[arg(long, default_value_t = 100)]
     naive_sample: usize,
+    /// `--poll-concurrency` (default: the operator's).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Seconds of load per target in the portal row (0: skip it).
+    #[arg(long, default_value_t = 10)]
+    portal_secs: u64,
     #[arg(long, default_value = "bench/results/current")]
     out: PathBuf,
 }
@@ -215,12 +221,13 @@ async fn main() -> Result<(), BoxError> {
     // The operator's engine configuration with its flag defaults; loopback http allowed for
     // the fake, as the e2e suite passes --allow-private-cidrs and --allow-insecure-http.
     let policy = EndpointPolicy { allowed: vec!["127.0.0.0/8".parse().unwrap()], allow_http: true };
-    let config = EngineConfig { client: ClientConfig { policy, ..ClientConfig::default() }, ..EngineConfig::default() };
+    let mut config = EngineConfig { client: ClientConfig { policy, ..ClientConfig::default() }, ..EngineConfig::default() };
+    config.concurrency = args.concurrency.unwrap_or(config.concurrency);
     let concurrency = config.concurrency;
-    let engine = Arc::new(Engine::new(client, config, EngineMetrics::register(&mut Default::default()))?);
+    let engine = Arc::new(Engine::new(client.clone(), config, EngineMetrics::register(&mut Default::default()))?);
     let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<ObjectRef<ToolBinding>>(1024);
     let started = Instant::now();
-    tokio::spawn(engine.clone().run(bindings.clone(), workspaces.clone(), wake_tx));
+    let polling = tokio::spawn(engine.clone().run(bindings.clone(), workspaces.clone(), wake_tx));
 
     // The controller's status step for every finished poll; counts per phase.
     let heartbeat = interval * HEARTBEAT_INTERVALS;
@@ -302,6 +309,46 @@ async fn main() -> Result<(), BoxError> {
     eprintln!("[engine] naive reference: {} bindings with fresh caches", args.naive_sample);
     let naive_per_poll = naive_quota(&endpoint, &shared, args.naive_sample, args.repos).await;
     let naive_quota = naive_per_poll * 3600.0 / interval.as_secs_f64();
+    polling.abort();
+
+    // The portal of one Workspace, with its namespace's objects (as a portal watches them).
+    let mut portal_rows =
+        String::from("| portal: requests/s and p99 at 64 connections vs a bare axum server | not measured in this run | ≥ 0.7× |\n");
+    let mut portal_json = json!(null);
+    if args.portal_secs > 0 {
+        let namespace = "bench-engine-0".to_string();
+        let (ws_store, mut ws_writer) = reflector::store::<Workspace>();
+        let (tb_store, mut tb_writer) = reflector::store::<ToolBinding>();
+        for w in workspaces.state().iter().filter(|w| w.metadata.namespace.as_deref() == Some(&namespace)) {
+            ws_writer.apply_watcher_event(&watcher::Event::Apply((**w).clone()));
+        }
+        for b in bindings.state().iter().filter(|b| b.metadata.namespace.as_deref() == Some(&namespace)) {
+            tb_writer.apply_watcher_event(&watcher::Event::Apply((**b).clone()));
+        }
+        let token = portal::viewer_token(&client, &namespace, "ws-0").await?;
+        let (portal_url, bare_url) = portal::serve(client.clone(), namespace, "ws-0".into(), ws_store, tb_store);
+        let mut figures = Vec::new();
+        for (what, url, token) in [
+            ("bare axum \"hello JSON\"", format!("{bare_url}/hello"), None),
+            ("portal JSON API (`/api/v1/toolbindings`)", format!("{portal_url}/api/v1/toolbindings"), Some(token.as_str())),
+            ("portal page (`/`)", format!("{portal_url}/"), Some(token.as_str())),
+        ] {
+            portal::load(&url, token, 64, 2).await; // warm: connections open, identity reviewed and cached
+            let l = portal::load(&url, token, 64, args.portal_secs).await;
+            eprintln!("[engine] {what}: {:.0} requests/s, p99 {:.1} ms, {} errors", l.per_second, l.p99_ms, l.errors);
+            figures.push((what, l));
+        }
+        let bare = figures[0].1.per_second;
+        portal_rows.clear();
+        for (what, l) in &figures[1..] {
+            let r = l.per_second / bare;
+            portal_rows.push_str(&format!(
+                "| {what}, 64 connections, access control on | {:.0} requests/s (p50 {:.1} ms, p99 {:.1} ms, {} errors) = {r:.2}× the bare server's {bare:.0} requests/s (p99 {:.1} ms) | ≥ 0.7×: {} |\n",
+                l.per_second, l.p50_ms, l.p99_ms, l.errors, figures[0].1.p99_ms, if r >= 0.7 { "met" } else { "not met" }
+            ));
+        }
+        portal_json = json!(figures.iter().map(|(what, l)| json!({"target": what, "per_second": l.per_second, "p50_ms": l.p50_ms, "p99_ms": l.p99_ms, "errors": l.errors})).collect::<Vec<_>>());
+    }
 
     let result = json!({
         "bindings": args.bindings, "interval_seconds": interval.as_secs_f64(), "concurrency": concurrency,
@@ -312,13 +359,18 @@ async fn main() -> Result<(), BoxError> {
         "latency_p50_seconds": percentile(&latencies, 0.5), "latency_p99_seconds": percentile(&latencies, 0.99),
         "status_writes": writes, "quota_spent": spent, "quota_per_binding_hour": engine_quota,
         "naive_quota_per_poll": naive_per_poll, "naive_quota_per_binding_hour": naive_quota, "search_calls": searches,
+        "portal": portal_json,
     });
     std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("engine.json"), serde_json::to_string_pretty(&result)?)?;
+    let name = |ext: &str| match args.concurrency {
+        Some(c) => format!("engine-concurrency-{c}.{ext}"),
+        None => format!("engine.{ext}"),
+    };
+    std::fs::write(args.out.join(name("json")), serde_json::to_string_pretty(&result)?)?;
     let met = |ok: bool| if ok { "met" } else { "not met" };
     let ratio = if engine_quota > 0.0 { format!("{:.0}x fewer", naive_quota / engine_quota) } else { "none spent".into() };
     let md = format!(
-        "## Engine\n\n\
+        "## Engine{heading}\n\n\
          `bench/engine` (`cargo run --release --example engine`): `Engine::run` as the operator runs it (due-time queue, \
          `--poll-concurrency` {concurrency}, in-memory cache, credentials read from the local kube-apiserver for every poll) \
          over {n} GitHub bindings of one repository each (in {namespaces} namespaces, one token per namespace), \
@@ -334,7 +386,8 @@ async fn main() -> Result<(), BoxError> {
          | quota per binding-hour, unchanged upstream | engine {eq:.2}; naive polling of the same endpoints (no validators) \
          {nq:.0} ({npp:.0} per poll) — {ratio} | ≥ 10× fewer: {m2} |\n\
          | search calls | {searches} | 0: {m4} |\n\
-         | portal: requests/s and p99 at 64 connections vs a bare axum server | not measured in this run | ≥ 0.7× |\n",
+         {portal_rows}",
+        heading = args.concurrency.map(|c| format!(" with `--poll-concurrency` {c}")).unwrap_or_default(),
         n = args.bindings,
         iv = args.interval,
         fake = fake_cpu,
@@ -352,7 +405,7 @@ async fn main() -> Result<(), BoxError> {
         m2 = met(engine_quota * 10.0 <= naive_quota),
         m4 = met(searches == 0),
     );
-    std::fs::write(args.out.join("engine.md"), &md)?;
+    std::fs::write(args.out.join(name("md")), &md)?;
     println!("{md}");
     Ok(())
 }
