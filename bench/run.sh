@@ -51,6 +51,10 @@ for n in $SIZES; do
     log "N=$n"
     nice -n 10 "$SCALE" operator --n "$n" --out "$OUT/$n.json" \
         --failover-trials "$TRIALS" --failover-budget-secs "$FAILOVER_SECS"
+    # The engine rows (bench/engine/), once, on the cluster of the largest size.
+    if [[ $n == "${SIZES##* }" ]]; then
+        nice -n 10 cargo build --release --locked --example engine && nice -n 10 "$TARGET/release/examples/engine" --out "$OUT"
+    fi
     if [[ -z $EXTERNAL ]]; then
         {
             echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"

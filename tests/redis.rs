@@ -252,3 +252,58 @@ async fn rediss_with_a_password_works() {
         assert!(cache.in_fallback(), "{} is refused", wrong.replace("s3cret-pw", "***"));
     }
 }
+
+/// Issue 14: a leader polled a binding and died before writing its status. The next leader
+/// (a new process, the same Redis) takes the poll the first one recorded, not the older
+/// `status.lastSyncTime`, and does not poll again at once — whether the controller announces
+/// the binding before or after the engine's warm start reads Redis.
+#[tokio::test]
+async fn a_poll_whose_status_died_with_its_leader_is_not_repeated() {
+    use hyperpage::api::{ToolBinding, ToolBindingStatus};
+    use hyperpage::engine::{Engine, EngineConfig, EngineMetrics};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::runtime::reflector::ObjectRef;
+
+    let redis = RedisServer::start();
+    let engine = || {
+        // No API server: the poll fails at reading the credential, and is recorded all the same.
+        let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+        let config = EngineConfig { redis_url: Some(redis.url()), redis_prefix: "test-polled".into(), ..EngineConfig::default() };
+        Engine::new(kube, config, EngineMetrics::register(&mut Default::default())).unwrap()
+    };
+    let mut binding: ToolBinding = serde_norway::from_str(include_str!("fixtures/toolbinding-github.yaml")).unwrap();
+    binding.metadata.generation = Some(1);
+    binding.spec.refresh_interval = Some("5m".into());
+    let interval = Duration::from_secs(300);
+    // The last status write names a poll 290 s ago: by status alone, due in 10 s.
+    let synced = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(290);
+    binding.status = Some(ToolBindingStatus { last_sync_time: Some(Time(synced)), observed_generation: Some(1), ..Default::default() });
+    let key = ObjectRef::from_obj(&binding);
+
+    let first = engine();
+    first.notice(&binding, None);
+    let due = first.next_poll(&key).unwrap();
+    assert!(due <= tokio::time::Instant::now() + Duration::from_secs(10), "due by its status");
+    first.poll_and_record(&binding, interval).await;
+    drop(first); // killed: its status write never happens
+
+    for notice_first in [true, false] {
+        let next = engine();
+        if notice_first {
+            next.notice(&binding, None);
+        }
+        next.warm_start(std::slice::from_ref(&key)).await;
+        if !notice_first {
+            next.notice(&binding, None);
+        }
+        let wait = next.next_poll(&key).unwrap().duration_since(tokio::time::Instant::now());
+        assert!(wait >= Duration::from_secs(280), "not polled again at once (notice first: {notice_first}): due in {wait:?}");
+    }
+
+    // A new spec is due at once, whatever the earlier leader polled.
+    binding.metadata.generation = Some(2);
+    let next = engine();
+    next.warm_start(std::slice::from_ref(&key)).await;
+    next.notice(&binding, None);
+    assert!(next.next_poll(&key).unwrap() <= tokio::time::Instant::now() + Duration::from_secs(10));
+}

@@ -230,6 +230,19 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         }
     }
 
+    // The engine rows (bench/engine/) bring their own fragments: engine.md with the operator's
+    // defaults, engine-concurrency-N.md for other --poll-concurrency values.
+    let mut fragments: Vec<PathBuf> = std::fs::read_dir(args.results.join("current"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("engine") && n.ends_with(".md")))
+        .collect();
+    fragments.sort();
+    for fragment in fragments {
+        writeln!(w, "\n{}", std::fs::read_to_string(fragment)?)?;
+    }
     if let Ok(shards) = std::fs::read_to_string(args.results.join("shards.md")) {
         writeln!(w, "\n## Shard assignment (simulation, docs/scaling.md)\n\n{shards}")?;
     }

@@ -227,7 +227,10 @@ pub struct ToolBindingStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 
-    /// When the operator last tried to sync this tool.
+    /// When the operator last tried to sync this tool, as of the last status write. A poll
+    /// that finds nothing new writes no status: this time then moves only every 6 refresh
+    /// intervals (so it is at most that old while the binding is polled); any change of data
+    /// or conditions writes it at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
 
@@ -235,7 +238,11 @@ pub struct ToolBindingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_sync_time: Option<Time>,
 
-    /// The upstream's rate-limit window for this binding's token, as last reported.
+    /// The upstream's rate-limit window for this binding's token, as of the last status
+    /// write. Other bindings of the same token move `remaining` between two polls, so a
+    /// change of `remaining` or `resetAt` alone writes no status; crossing the reserve does
+    /// (the `RateLimited` condition). The live figure is the metric
+    /// `hyperpage_ratelimit_remaining`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitStatus>,
 

@@ -221,18 +221,22 @@ impl Cache {
         let value = serde_json::to_string(&response).expect("a cached response serializes");
         self.inner.responses.lock().expect("cache lock").insert(id, response, owner);
         if self.uses_redis() && value.len() <= REDIS_MAX_ENTRY_BYTES {
-            let key = self.key("response", id);
-            let index = self.key("owner", owner);
-            self.with_redis(|mut c| async move {
-                redis::pipe()
-                    .set_ex(&key, value, REDIS_TTL_SECONDS)
-                    .sadd(&index, &key)
-                    .expire(&index, REDIS_TTL_SECONDS as i64)
-                    .query_async::<()>(&mut c)
-                    .await
-            })
-            .await;
+            self.set_owned(self.key("response", id), value, owner).await;
         }
+    }
+
+    /// Writes a key that belongs to a binding, and lists it under the binding for [`Cache::forget`].
+    async fn set_owned(&self, key: String, value: String, owner: &str) {
+        let index = self.key("owner", owner);
+        self.with_redis(|mut c| async move {
+            redis::pipe()
+                .set_ex(&key, value, REDIS_TTL_SECONDS)
+                .sadd(&index, &key)
+                .expire(&index, REDIS_TTL_SECONDS as i64)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await;
     }
 
     /// Removes everything cached for a binding (`namespace/name`) that no longer exists.
@@ -272,6 +276,51 @@ impl Cache {
             let value = serde_json::to_string(entry).expect("a ledger entry serializes");
             self.with_redis(|mut c| async move { c.set_ex::<_, _, ()>(key, value, 24 * 3600).await }).await;
         }
+    }
+}
+
+/// When a binding was last polled, and for which generation of its spec: kept next to the
+/// validators so that a new leader does not repeat a poll whose status write died with the
+/// old leader (the status's `lastSyncTime` may be older).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Polled {
+    pub at: jiff::Timestamp,
+    pub generation: Option<i64>,
+}
+
+/// Keys fetched per MGET at a warm start.
+const POLLED_BATCH: usize = 500;
+
+impl Cache {
+    /// Records a poll of `owner` (`namespace/name`); Redis only (a memory cache dies with
+    /// its leader, so nothing would read it).
+    pub async fn put_polled(&self, owner: &str, polled: Polled) {
+        if !self.uses_redis() {
+            return;
+        }
+        let value = serde_json::to_string(&polled).expect("a poll time serializes");
+        self.set_owned(self.key("polled", owner), value, owner).await;
+    }
+
+    /// The recorded polls of these bindings (`namespace/name`), in batches; what Redis does
+    /// not hold (or an unreachable Redis) is left out.
+    pub async fn get_polled(&self, owners: &[String]) -> HashMap<String, Polled> {
+        let mut found = HashMap::new();
+        if !self.uses_redis() {
+            return found;
+        }
+        for batch in owners.chunks(POLLED_BATCH) {
+            let keys: Vec<String> = batch.iter().map(|owner| self.key("polled", owner)).collect();
+            let values: Option<Vec<Option<String>>> =
+                self.with_redis(|mut c| async move { redis::cmd("MGET").arg(&keys).query_async(&mut c).await }).await;
+            let Some(values) = values else { break };
+            for (owner, value) in batch.iter().zip(values) {
+                if let Some(polled) = value.and_then(|v| serde_json::from_str(&v).ok()) {
+                    found.insert(owner.clone(), polled);
+                }
+            }
+        }
+        found
     }
 }
 

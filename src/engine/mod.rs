@@ -14,7 +14,7 @@ use crate::api::toolbinding::RateLimitStatus;
 use crate::api::{ToolBinding, Workspace};
 use crate::providers::http::{ClientConfig, UpstreamClient, UpstreamMetrics};
 use crate::providers::{self, Budget, Credential, PollRequest, ProviderError, Scope, credential};
-use cache::{Cache, CacheMetrics};
+use cache::{Cache, CacheMetrics, Polled};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
@@ -108,6 +108,7 @@ struct BindingState {
     /// When it is next due, and the generation that due time was computed for.
     due: Instant,
     generation: Option<i64>,
+    interval: Duration,
     in_flight: bool,
     /// The spec changed while a poll was in flight: poll again as soon as it finishes.
     poll_again: bool,
@@ -121,6 +122,14 @@ struct Schedule {
     states: HashMap<ObjectRef<ToolBinding>, BindingState>,
     /// (due, namespace, name): `ObjectRef` has no order.
     queue: BTreeSet<(Instant, String, String)>,
+    /// Polls recorded in the shared cache (by an earlier leader) for bindings not yet
+    /// noticed: taken into account when they are.
+    polled: HashMap<ObjectRef<ToolBinding>, Polled>,
+}
+
+/// The cache's name for a binding (`namespace/name`), shared with the providers' scope.
+fn owner(key: &ObjectRef<ToolBinding>) -> String {
+    format!("{}/{}", key.namespace.as_deref().unwrap_or_default(), key.name)
 }
 
 fn queued(due: Instant, key: &ObjectRef<ToolBinding>) -> (Instant, String, String) {
@@ -141,9 +150,10 @@ impl Schedule {
     fn notice(&mut self, binding: &ToolBinding, interval: Duration, now: Instant) {
         let key = ObjectRef::from_obj(binding);
         match self.states.get_mut(&key) {
-            Some(state) if state.generation == binding.metadata.generation => {}
+            Some(state) if state.generation == binding.metadata.generation => state.interval = interval,
             Some(state) => {
                 state.generation = binding.metadata.generation;
+                state.interval = interval;
                 if state.in_flight {
                     state.poll_again = true;
                 } else {
@@ -151,11 +161,13 @@ impl Schedule {
                 }
             }
             None => {
-                let due = warm_start_due(binding, interval, now);
+                let polled = self.polled.remove(&key);
+                let due = warm_start_due(binding, polled, interval, now);
                 let state = BindingState {
                     record: None,
                     due,
                     generation: binding.metadata.generation,
+                    interval,
                     in_flight: false,
                     poll_again: false,
                     budget: None,
@@ -163,6 +175,32 @@ impl Schedule {
                 self.queue.insert(queued(due, &key));
                 self.states.insert(key, state);
             }
+        }
+    }
+
+    /// A poll an earlier leader recorded in the shared cache: a binding not polled in this
+    /// term is not due before one interval after it (its status may name an older poll
+    /// when the leader died before writing it).
+    fn hint(&mut self, key: ObjectRef<ToolBinding>, polled: Polled, now: Instant) {
+        let Some(state) = self.states.get(&key) else {
+            self.polled.insert(key, polled);
+            return;
+        };
+        if state.record.is_some() || state.in_flight || state.generation != polled.generation {
+            return;
+        }
+        let due = now + state.interval.saturating_sub(age(polled.at));
+        if due > state.due {
+            self.set_due(&key, due);
+        }
+    }
+
+    /// Due now (a push, a request): at once unless being polled, then right after.
+    fn poll_now(&mut self, key: &ObjectRef<ToolBinding>, now: Instant) {
+        match self.states.get_mut(key) {
+            Some(state) if state.in_flight => state.poll_again = true,
+            Some(_) => self.set_due(key, now),
+            None => {}
         }
     }
 
@@ -211,6 +249,7 @@ impl Schedule {
                 self.queue.remove(&queued(state.due, key));
             }
         }
+        self.polled.retain(|key, _| known.contains(key));
         gone
     }
 }
@@ -263,6 +302,54 @@ impl Engine {
         self.schedule.lock().expect("schedule lock").notice(binding, interval, Instant::now());
     }
 
+    /// Asks for a poll of this binding as soon as possible (webhooks, a request annotation):
+    /// at the next tick, or right after the poll in flight. Unknown bindings are ignored
+    /// (the controller announces them first).
+    pub fn poll_now(&self, binding: &ObjectRef<ToolBinding>) {
+        self.schedule.lock().expect("schedule lock").poll_now(binding, Instant::now());
+    }
+
+    /// When a binding is next due, if the engine knows it.
+    pub fn next_poll(&self, binding: &ObjectRef<ToolBinding>) -> Option<Instant> {
+        self.schedule.lock().expect("schedule lock").states.get(binding).map(|s| s.due)
+    }
+
+    /// Reads the polls an earlier leader recorded in the shared cache for these bindings, so
+    /// that none is polled again before its interval: called once when leadership starts.
+    pub async fn warm_start(&self, bindings: &[ObjectRef<ToolBinding>]) {
+        let owners: Vec<String> = bindings.iter().map(owner).collect();
+        let found = self.cache.get_polled(&owners).await;
+        let now = Instant::now();
+        let mut schedule = self.schedule.lock().expect("schedule lock");
+        for key in bindings {
+            if let Some(polled) = found.get(&owner(key)) {
+                schedule.hint(key.clone(), *polled, now);
+            }
+        }
+    }
+
+    /// Polls one binding, records the poll in the shared cache (before anything else: a
+    /// leader that dies now must not make the next one repeat it) and queues the next.
+    pub async fn poll_and_record(&self, binding: &ToolBinding, interval: Duration) -> ObjectRef<ToolBinding> {
+        let key = ObjectRef::from_obj(binding);
+        let record = self.poll_once(binding).await;
+        let polled = Polled { at: record.attempted_at.0, generation: binding.metadata.generation };
+        self.cache.put_polled(&owner(&key), polled).await;
+        let next = match &record.error {
+            Some(ProviderError::RateLimited { until, .. }) => {
+                let wait = until.duration_since(jiff::Timestamp::now());
+                Instant::now() + Duration::try_from(wait).unwrap_or_default().max(Duration::from_secs(1))
+            }
+            _ => Instant::now() + Self::jittered(interval),
+        };
+        self.metrics
+            .degraded
+            .get_or_create(&BindingLabels { namespace: binding.namespace().unwrap_or_default(), name: binding.name_any() })
+            .set(i64::from(record.error.as_ref().is_some_and(|e| !matches!(e, ProviderError::RateLimited { .. }))));
+        self.schedule.lock().expect("schedule lock").finish(&key, record, next);
+        key
+    }
+
     /// How often a binding is polled: its own interval, its workspace's, then 5 minutes.
     pub fn interval(binding: &ToolBinding, workspace: Option<&Workspace>) -> Duration {
         binding
@@ -295,6 +382,8 @@ impl Engine {
         // Owned by this run: when leadership is lost and the run is dropped, every poll in
         // flight is cancelled (no quota spent, no cache written, by a deposed leader).
         let mut polls = tokio::task::JoinSet::new();
+        let known: Vec<_> = bindings.state().iter().map(|b| ObjectRef::from_obj(b.as_ref())).collect();
+        self.warm_start(&known).await;
         loop {
             tick.tick().await;
             while polls.try_join_next().is_some() {}
@@ -335,21 +424,7 @@ impl Engine {
                 let wake = wake.clone();
                 polls.spawn(async move {
                     let _permit = engine.permits.clone().acquire_owned().await;
-                    let record = engine.poll_once(&binding).await;
-                    let next = match &record.error {
-                        Some(ProviderError::RateLimited { until, .. }) => {
-                            let wait = until.duration_since(jiff::Timestamp::now());
-                            Instant::now() + Duration::try_from(wait).unwrap_or_default().max(Duration::from_secs(1))
-                        }
-                        _ => Instant::now() + Self::jittered(interval),
-                    };
-                    engine
-                        .metrics
-                        .degraded
-                        .get_or_create(&BindingLabels { namespace: binding.namespace().unwrap_or_default(), name: binding.name_any() })
-                        .set(i64::from(record.error.as_ref().is_some_and(|e| !matches!(e, ProviderError::RateLimited { .. }))));
-                    let key = ObjectRef::from_obj(binding.as_ref());
-                    engine.schedule.lock().expect("schedule lock").finish(&key, record, next);
+                    let key = engine.poll_and_record(&binding, interval).await;
                     let _ = wake.send(key).await;
                 });
             }
@@ -362,9 +437,9 @@ impl Engine {
         let gone = self.schedule.lock().expect("schedule lock").retain(known);
         for binding in gone {
             let namespace = binding.namespace.clone().unwrap_or_default();
-            self.metrics.degraded.remove(&BindingLabels { namespace: namespace.clone(), name: binding.name.clone() });
+            self.metrics.degraded.remove(&BindingLabels { namespace, name: binding.name.clone() });
             let cache = self.cache.clone();
-            tokio::spawn(async move { cache.forget(&format!("{namespace}/{}", binding.name)).await });
+            tokio::spawn(async move { cache.forget(&owner(&binding)).await });
         }
     }
 
@@ -459,14 +534,18 @@ fn validation_passed(binding: &ToolBinding) -> bool {
         .is_none_or(|c| c.status != "False" || c.reason == status::REJECTED)
 }
 
-/// When a binding was last synced (per its status) plus its interval, as an Instant.
-fn warm_start_due(binding: &ToolBinding, interval: Duration, now: Instant) -> Instant {
-    let last = binding.status.as_ref().and_then(|s| s.last_sync_time.as_ref()).map(|t| t.0);
-    match last {
-        Some(last) => {
-            let age = Duration::try_from(jiff::Timestamp::now().duration_since(last)).unwrap_or(interval);
-            now + interval.saturating_sub(age)
-        }
+/// How long ago `at` was (zero for a time in the future).
+fn age(at: jiff::Timestamp) -> Duration {
+    Duration::try_from(jiff::Timestamp::now().duration_since(at)).unwrap_or_default()
+}
+
+/// The newest poll known (its status's, or one recorded in the shared cache for the same
+/// generation) plus the interval, as an Instant.
+fn warm_start_due(binding: &ToolBinding, polled: Option<Polled>, interval: Duration, now: Instant) -> Instant {
+    let in_status = binding.status.as_ref().and_then(|s| s.last_sync_time.as_ref()).map(|t| t.0);
+    let recorded = polled.filter(|p| p.generation == binding.metadata.generation).map(|p| p.at);
+    match in_status.max(recorded) {
+        Some(last) => now + interval.saturating_sub(age(last)),
         None => now,
     }
 }
@@ -494,14 +573,7 @@ mod tests {
         let (a, b) = (ObjectRef::from_obj(&binding("a", 1)), ObjectRef::from_obj(&binding("b", 1)));
         assert_eq!(schedule.take_due(now).len(), 2, "never synced: due at once");
         assert!(schedule.take_due(now).is_empty(), "in flight: not handed out twice");
-        let record = SyncRecord {
-            attempted_at: Time(jiff::Timestamp::now()),
-            succeeded_at: None,
-            snapshot: None,
-            error: None,
-            rate_limit: None,
-            unchanged: false,
-        };
+        let record = empty_record();
         schedule.finish(&a, record.clone(), now + interval);
         schedule.finish(&b, record, now + interval);
         assert!(schedule.take_due(now + Duration::from_secs(59)).is_empty());
@@ -515,6 +587,80 @@ mod tests {
         assert_eq!(schedule.retain(&HashSet::from([a.clone()])), [b]);
         assert_eq!(schedule.states.keys().collect::<Vec<_>>(), [&a]);
         assert!(schedule.queue.iter().all(|(_, _, name)| name == "a"));
+    }
+
+    fn synced_ago(mut b: ToolBinding, ago: Duration) -> ToolBinding {
+        let at = jiff::Timestamp::now() - jiff::SignedDuration::try_from(ago).unwrap();
+        b.status = Some(crate::api::ToolBindingStatus { last_sync_time: Some(Time(at)), ..Default::default() });
+        b
+    }
+
+    fn empty_record() -> SyncRecord {
+        SyncRecord {
+            attempted_at: Time(jiff::Timestamp::now()),
+            succeeded_at: None,
+            snapshot: None,
+            error: None,
+            rate_limit: None,
+            unchanged: false,
+        }
+    }
+
+    fn polled_ago(ago: Duration, generation: i64) -> Polled {
+        Polled { at: jiff::Timestamp::now() - jiff::SignedDuration::try_from(ago).unwrap(), generation: Some(generation) }
+    }
+
+    /// Issue 14: a leader died after a poll, before its status write. The poll it recorded
+    /// in the shared cache, not the older `lastSyncTime`, sets when the next leader polls,
+    /// whichever of the two it learns first.
+    #[test]
+    fn a_poll_recorded_in_the_cache_defers_a_warm_start_past_an_older_status() {
+        let now = Instant::now();
+        let interval = Duration::from_secs(300);
+        let stale = synced_ago(binding("a", 1), Duration::from_secs(290));
+        let key = ObjectRef::from_obj(&stale);
+        let mut schedule = Schedule::default();
+        schedule.notice(&stale, interval, now);
+        assert!(schedule.states[&key].due <= now + Duration::from_secs(10), "status alone: due in 10 s");
+        schedule.hint(key.clone(), polled_ago(Duration::from_secs(2), 1), now);
+        assert!(schedule.states[&key].due >= now + Duration::from_secs(290), "noticed first, then the hint");
+        assert!(schedule.take_due(now + Duration::from_secs(60)).is_empty());
+
+        let mut schedule = Schedule::default();
+        schedule.hint(key.clone(), polled_ago(Duration::from_secs(2), 1), now);
+        schedule.notice(&stale, interval, now);
+        assert!(schedule.states[&key].due >= now + Duration::from_secs(290), "the hint first, then noticed");
+
+        let mut schedule = Schedule::default();
+        schedule.hint(key.clone(), polled_ago(Duration::from_secs(2), 1), now);
+        schedule.notice(&synced_ago(binding("a", 2), Duration::from_secs(290)), interval, now);
+        assert!(schedule.states[&key].due <= now + Duration::from_secs(10), "a poll of an older spec does not count");
+
+        let mut schedule = Schedule::default();
+        schedule.notice(&synced_ago(binding("a", 1), Duration::from_secs(10)), interval, now);
+        let due = schedule.states[&key].due;
+        schedule.hint(key.clone(), polled_ago(Duration::from_secs(200), 1), now);
+        assert_eq!(schedule.states[&key].due, due, "an older recorded poll does not bring the due time forward");
+        assert_eq!(schedule.queue.len(), 1);
+    }
+
+    #[test]
+    fn poll_now_makes_a_binding_due_at_once_or_right_after_its_poll() {
+        let now = Instant::now();
+        let interval = Duration::from_secs(300);
+        let fresh = synced_ago(binding("a", 1), Duration::from_secs(1));
+        let key = ObjectRef::from_obj(&fresh);
+        let mut schedule = Schedule::default();
+        schedule.poll_now(&key, now);
+        assert!(schedule.states.is_empty(), "unknown bindings are ignored");
+        schedule.notice(&fresh, interval, now);
+        assert!(schedule.take_due(now).is_empty());
+        schedule.poll_now(&key, now);
+        assert_eq!(schedule.take_due(now), std::slice::from_ref(&key));
+        schedule.poll_now(&key, now);
+        let record = empty_record();
+        schedule.finish(&key, record, now + interval);
+        assert_eq!(schedule.take_due(Instant::now()), [key], "asked for while in flight: polled again right after");
     }
 
     #[test]

@@ -128,8 +128,10 @@ pub fn compose(validation: Vec<DesiredCondition>, last: LastPoll<'_>, cache_fall
     };
     let stale = sync.succeeded_at.as_ref().map(|t| format!("; showing data from {}", when(t))).unwrap_or_default();
     let quota = match &sync.rate_limit {
-        Some(RateLimitStatus { remaining: Some(r), limit: Some(l), reset_at }) => {
-            format!("{r} of {l} requests left{}", reset_at.as_ref().map(|t| format!(", resets at {}", when(t))).unwrap_or_default())
+        // No remaining count or reset time here: they move with every poll of any binding of
+        // this token, and an unchanged poll must leave status unchanged.
+        Some(RateLimitStatus { limit: Some(l), .. }) => {
+            format!("within the provider's quota of {l} requests per window")
         }
         _ => "the provider reports no quota".into(),
     };
@@ -255,6 +257,18 @@ mod tests {
         }
         binding.metadata.generation = Some(4);
         assert!(matches!(LastPoll::of(None, &binding), LastPoll::None), "a changed spec waits for its own poll");
+    }
+
+    #[test]
+    fn the_conditions_do_not_follow_the_quota_other_bindings_spend() {
+        let with = |remaining, reset: &str| SyncRecord {
+            rate_limit: Some(RateLimitStatus { limit: Some(5000), remaining: Some(remaining), reset_at: Some(t(reset)) }),
+            ..record(None, true)
+        };
+        let a = compose(valid(), LastPoll::Fresh(&with(4000, "2026-11-23T11:00:00Z")), false);
+        let b = compose(valid(), LastPoll::Fresh(&with(3120, "2026-11-23T12:00:00Z")), false);
+        assert_eq!(a, b);
+        assert_eq!(find(&a, RATE_LIMITED).message, "within the provider's quota of 5000 requests per window");
     }
 
     #[test]

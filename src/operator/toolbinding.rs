@@ -7,6 +7,7 @@
 use super::context::{Context, object_key};
 use super::error::Error;
 use crate::api::conditions::{self, CREDENTIALS_VALID, DesiredCondition, RATE_LIMITED, READY, SYNCED};
+use crate::api::toolbinding::RateLimitStatus;
 use crate::api::{ToolBinding, ToolBindingStatus, Workspace, duration};
 use crate::engine::Engine;
 use crate::engine::status::{LastPoll, SyncRecord, compose};
@@ -129,10 +130,16 @@ pub fn binding_status(
     status
 }
 
-/// Whether `new` must be written: anything but the sync timestamps changed, or those are
-/// older than `heartbeat`.
+/// Whether `new` must be written: anything but the sync timestamps and the quota's moving
+/// figures (`remaining`, `resetAt`: other bindings of the token move them) changed, or the
+/// timestamps are older than `heartbeat`. Those are written with any other change.
 pub fn needs_write(previous: &ToolBindingStatus, new: &ToolBindingStatus, heartbeat: std::time::Duration, now: &Time) -> bool {
-    let strip = |s: &ToolBindingStatus| ToolBindingStatus { last_sync_time: None, last_successful_sync_time: None, ..s.clone() };
+    let strip = |s: &ToolBindingStatus| ToolBindingStatus {
+        last_sync_time: None,
+        last_successful_sync_time: None,
+        rate_limit: s.rate_limit.as_ref().map(|r| RateLimitStatus { limit: r.limit, ..Default::default() }),
+        ..s.clone()
+    };
     if strip(previous) != strip(new) {
         return true;
     }
@@ -200,5 +207,33 @@ mod tests {
         assert_eq!(c[1].reason, "KeyNotFound");
         let c = validate(&b, true, &Ok(()));
         assert!(c.iter().all(|c| c.is_true()));
+    }
+
+    /// N bindings sharing a token must not mean N status writes per interval: the quota's
+    /// moving figures alone write nothing, the timestamps only after the heartbeat.
+    #[test]
+    fn an_unchanged_poll_of_a_shared_token_writes_no_status() {
+        let t = |s: &str| Time(s.parse().unwrap());
+        let quota = |remaining, reset: &str| RateLimitStatus { limit: Some(5000), remaining: Some(remaining), reset_at: Some(t(reset)) };
+        let previous = ToolBindingStatus {
+            last_sync_time: Some(t("2026-11-23T10:00:00Z")),
+            rate_limit: Some(quota(4000, "2026-11-23T11:00:00Z")),
+            ..Default::default()
+        };
+        let heartbeat = std::time::Duration::from_secs(6 * 300);
+        let later = ToolBindingStatus {
+            last_sync_time: Some(t("2026-11-23T10:05:00Z")),
+            rate_limit: Some(quota(3120, "2026-11-23T12:00:00Z")),
+            ..previous.clone()
+        };
+        assert!(!needs_write(&previous, &later, heartbeat, &t("2026-11-23T10:05:00Z")), "remaining and resetAt moved: no write");
+        assert!(needs_write(&previous, &later, heartbeat, &t("2026-11-23T10:30:00Z")), "the heartbeat writes them");
+        let new_limit = ToolBindingStatus {
+            rate_limit: Some(RateLimitStatus { limit: Some(15000), ..quota(3120, "2026-11-23T12:00:00Z") }),
+            ..later.clone()
+        };
+        assert!(needs_write(&previous, &new_limit, heartbeat, &t("2026-11-23T10:05:00Z")), "a new limit is written");
+        let first = ToolBindingStatus { rate_limit: None, ..previous.clone() };
+        assert!(needs_write(&first, &later, heartbeat, &t("2026-11-23T10:05:00Z")), "the first quota seen is written");
     }
 }

@@ -154,6 +154,32 @@ pub struct PortalState {
     draining: Arc<watch::Sender<bool>>,
     changes: Arc<watch::Sender<u64>>,
     bindings_synced: Arc<AtomicBool>,
+    /// The dashboard and the bindings' JSON as last rendered (see [`Rendered`]).
+    dashboard_html: Rendered,
+    bindings_json: Rendered,
+}
+
+/// One rendering shared by every request in the same second while the caches did not change:
+/// keyed by the change counter and the whole second (relative times are in seconds), so an
+/// answer is at most one second old even if a change was counted before the cache held it.
+#[derive(Clone, Default)]
+struct Rendered(Arc<std::sync::Mutex<Option<(RenderKey, bytes::Bytes)>>>);
+
+/// (change counter, whole second).
+type RenderKey = (u64, i64);
+
+impl Rendered {
+    fn get_or(&self, key: RenderKey, render: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some((k, rendered)) if *k == key => rendered.clone(),
+            _ => {
+                let rendered = render();
+                *slot = Some((key, rendered.clone()));
+                rendered
+            }
+        }
+    }
 }
 
 impl PortalState {
@@ -171,6 +197,8 @@ impl PortalState {
             metrics: PortalMetrics::new(),
             changes: Arc::new(watch::channel(0).0),
             bindings_synced: Arc::new(AtomicBool::new(false)),
+            dashboard_html: Rendered::default(),
+            bindings_json: Rendered::default(),
         }
     }
 
@@ -193,8 +221,16 @@ impl PortalState {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    fn rendered_key(&self, now: jiff::Timestamp) -> RenderKey {
+        (*self.changes.borrow(), now.as_second())
+    }
+
     fn dashboard(&self) -> String {
-        page::render_dashboard(self.workspace().as_deref(), &self.workspace, &self.namespace, &self.bindings(), jiff::Timestamp::now())
+        let now = jiff::Timestamp::now();
+        let html = self.dashboard_html.get_or(self.rendered_key(now), || {
+            page::render_dashboard(self.workspace().as_deref(), &self.workspace, &self.namespace, &self.bindings(), now).into()
+        });
+        String::from_utf8_lossy(&html).into_owned()
     }
 
     fn count(&self, route: &str) {
@@ -521,7 +557,8 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 async fn api_workspace(State(state): State<PortalState>) -> Response {
     state.count("api_workspace");
     match state.workspace() {
-        Some(ws) => Json(ws.as_ref().clone()).into_response(),
+        // Serialized from the cache as it is: no copy of the object, no JSON value tree.
+        Some(ws) => Json(ws.as_ref()).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({"error": format!("workspace {} not found in namespace {}", state.workspace, state.namespace)})),
@@ -530,10 +567,20 @@ async fn api_workspace(State(state): State<PortalState>) -> Response {
     }
 }
 
+/// The bindings list, serialized straight from the cache: no copy of every binding and no
+/// `serde_json::Value` tree in between.
+#[derive(serde::Serialize)]
+struct Items<'a> {
+    items: Vec<&'a ToolBinding>,
+}
+
 async fn api_bindings(State(state): State<PortalState>) -> Response {
     state.count("api_toolbindings");
-    let items: Vec<ToolBinding> = state.bindings().iter().map(|b| b.as_ref().clone()).collect();
-    Json(serde_json::json!({ "items": items })).into_response()
+    let json = state.bindings_json.get_or(state.rendered_key(jiff::Timestamp::now()), || {
+        let bindings = state.bindings();
+        serde_json::to_vec(&Items { items: bindings.iter().map(|b| b.as_ref()).collect() }).unwrap_or_default().into()
+    });
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response()
 }
 
 /// An OpenAPI 3.1 description of the JSON API, with the schemas taken from the CRDs
@@ -619,8 +666,8 @@ async fn index(
         (Some(identity), Some(with)) => page::account(&identity.username, with.0 == SignedInWith::Session),
         _ => String::new(),
     };
-    let now = jiff::Timestamp::now();
-    Html(page::render(state.workspace().as_deref(), &state.workspace, &state.namespace, &state.bindings(), now, &account)).into_response()
+    let title = state.workspace().and_then(|w| w.spec.display_name.clone()).filter(|t| !t.is_empty());
+    Html(page::page(title.as_deref().unwrap_or(&state.workspace), &state.dashboard(), &account)).into_response()
 }
 
 async fn fragment(State(state): State<PortalState>) -> Response {

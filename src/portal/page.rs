@@ -440,10 +440,15 @@ pub const SIGN_OUT_FORM: &str =
 /// The whole page; `account` is trusted HTML from [`account`] (or empty).
 pub fn render(ws: Option<&Workspace>, name: &str, namespace: &str, bindings: &[Arc<ToolBinding>], now: Timestamp, account: &str) -> String {
     let title = ws.and_then(|w| w.spec.display_name.clone()).filter(|t| !t.is_empty()).unwrap_or_else(|| name.to_string());
+    page(&title, &render_dashboard(ws, name, namespace, bindings, now), account)
+}
+
+/// The whole page around a rendered dashboard (trusted HTML from [`render_dashboard`]).
+pub fn page(title: &str, dashboard: &str, account: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><meta name=\"color-scheme\" content=\"light dark\"><title>{} · Hyperpage</title><link rel=\"icon\" href=\"/assets/favicon.svg\" type=\"image/svg+xml\"><link rel=\"stylesheet\" href=\"/assets/portal.css\"><script src=\"/assets/portal.js\" defer></script></head><body><main id=\"dashboard\" aria-live=\"polite\">{}</main><footer><span id=\"live\" data-state=\"static\">Static page (updates need JavaScript)</span> · <a href=\"/api/v1/workspace\">JSON API</a>{account}</footer></body></html>",
-        escape(&title),
-        render_dashboard(ws, name, namespace, bindings, now),
+        escape(title),
+        dashboard,
     )
 }
 

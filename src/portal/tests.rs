@@ -183,6 +183,30 @@ async fn events_send_the_dashboard_at_once_and_again_on_change() {
     assert!(metrics.contains("hyperpage_portal_live_clients 1"), "{metrics}");
 }
 
+/// The list and the dashboard are rendered once per change of the caches (and second), and a
+/// change shows at once.
+#[tokio::test]
+async fn renderings_are_shared_until_the_caches_change() {
+    let mut f = fixture();
+    apply(&mut f.ws, WORKSPACE);
+    apply(&mut f.tb, BINDING);
+    let port = serve(f.state.clone(), false).await;
+    let names = |body: &str| -> Vec<String> {
+        let list: serde_json::Value = serde_json::from_str(body).unwrap();
+        list["items"].as_array().unwrap().iter().map(|b| b["metadata"]["name"].as_str().unwrap().to_string()).collect()
+    };
+    let (_, headers, first) = get(port, "/api/v1/toolbindings").await;
+    assert!(headers.contains("content-type: application/json"), "{headers}");
+    assert_eq!(get(port, "/api/v1/toolbindings").await.2, first);
+    assert_eq!(names(&first), ["github"]);
+    assert!(!get(port, "/").await.2.contains("data-binding=\"gitlab\""));
+
+    apply(&mut f.tb, &BINDING.replace("name: github", "name: gitlab"));
+    f.state.notify();
+    assert_eq!(names(&get(port, "/api/v1/toolbindings").await.2), ["github", "gitlab"]);
+    assert!(get(port, "/").await.2.contains("data-binding=\"gitlab\""));
+}
+
 #[tokio::test]
 async fn api_only_mode_serves_no_page() {
     let mut f = fixture();

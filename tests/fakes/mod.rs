@@ -354,9 +354,10 @@ impl Shared {
                     }
                     out.extend(extra);
                     if etags && if_none_match.as_deref() == Some(etag.as_str()) {
-                        // A conditional hit: no body. GitHub documents that it costs no quota;
+                        // A conditional hit: no body. GitHub documents that it costs no quota
+                        // when the request was authorized (<https://docs.github.com/en/rest/using-the-rest-api/best-practices-for-using-the-rest-api#use-conditional-requests-if-appropriate>);
                         // GitLab's throttles count every request, 304s included.
-                        if self.dialect != Dialect::Github {
+                        if self.dialect != Dialect::Github || authorization.is_none() {
                             self.quota.lock().unwrap().remaining -= 1;
                         }
                         (304, Vec::new())
