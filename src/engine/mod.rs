@@ -112,7 +112,17 @@ struct BindingState {
     /// The spec changed while a poll was in flight: poll again as soon as it finishes.
     poll_again: bool,
     budget: Option<Arc<Budget>>,
+    /// When the newest poll started (webhook-requested polls keep [`REQUESTED_POLL_GAP`] from it).
+    started: Option<Instant>,
+    /// The newest `hyperpage.dev/requested-at` value acted on.
+    requested: Option<String>,
+    /// A webhook asked for a poll while one was in flight: poll again after the gap.
+    requested_again: bool,
 }
+
+/// A webhook-requested poll starts no sooner than this after the previous poll of the binding
+/// started (the receiver coalesces with the same window): a burst of pushes costs one or two polls.
+pub const REQUESTED_POLL_GAP: Duration = Duration::from_secs(5);
 
 /// The bindings' states and a queue ordered by due time: each tick looks only at the due
 /// ones, not at every binding.
@@ -159,6 +169,9 @@ impl Schedule {
                     in_flight: false,
                     poll_again: false,
                     budget: None,
+                    started: None,
+                    requested: None,
+                    requested_again: false,
                 };
                 self.queue.insert(queued(due, &key));
                 self.states.insert(key, state);
@@ -178,6 +191,7 @@ impl Schedule {
             // Only the entry of the current due time counts (set_due removes older ones).
             if let Some(state) = self.states.get_mut(&key).filter(|s| !s.in_flight && s.due == when) {
                 state.in_flight = true;
+                state.started = Some(now);
                 due.push(key);
             }
         }
@@ -187,7 +201,13 @@ impl Schedule {
     /// Records a finished poll and queues the next one.
     fn finish(&mut self, key: &ObjectRef<ToolBinding>, record: SyncRecord, next: Instant) {
         if let Some(state) = self.states.get_mut(key) {
-            let next = if std::mem::take(&mut state.poll_again) { Instant::now() } else { next };
+            let next = if std::mem::take(&mut state.poll_again) {
+                Instant::now()
+            } else if std::mem::take(&mut state.requested_again) {
+                state.started.map_or(next, |s| (s + REQUESTED_POLL_GAP).max(Instant::now()).min(next))
+            } else {
+                next
+            };
             state.record = Some(record);
             state.in_flight = false;
             state.due = next;
@@ -201,6 +221,29 @@ impl Schedule {
             state.in_flight = false;
         }
         self.set_due(key, next);
+    }
+
+    /// A webhook asked for a poll (`requested_at`, the annotation's value): due now, or when
+    /// the gap since the last poll's start has passed. `served` says the binding's status
+    /// already records a poll at or after that time: a new leader seeing an old request for
+    /// the first time does not poll again for it.
+    fn request(&mut self, key: &ObjectRef<ToolBinding>, requested_at: &str, served: bool, now: Instant) {
+        let Some(state) = self.states.get_mut(key) else { return };
+        if state.requested.as_deref() == Some(requested_at) {
+            return;
+        }
+        let first = state.requested.replace(requested_at.to_string()).is_none();
+        if first && served {
+            return;
+        }
+        if state.in_flight {
+            state.requested_again = true;
+            return;
+        }
+        let due = state.started.map_or(now, |s| (s + REQUESTED_POLL_GAP).max(now));
+        if due < state.due {
+            self.set_due(key, due);
+        }
     }
 
     /// Drops bindings that no longer exist; returns them.
@@ -260,7 +303,11 @@ impl Engine {
     /// scheduled (from its status, for a warm start), a new generation is due at once.
     pub fn notice(&self, binding: &ToolBinding, workspace: Option<&Workspace>) {
         let interval = Self::interval(binding, workspace);
-        self.schedule.lock().expect("schedule lock").notice(binding, interval, Instant::now());
+        let mut schedule = self.schedule.lock().expect("schedule lock");
+        schedule.notice(binding, interval, Instant::now());
+        if let Some(requested_at) = binding.annotations().get(crate::api::REQUESTED_AT_ANNOTATION) {
+            schedule.request(&ObjectRef::from_obj(binding), requested_at, request_served(binding, requested_at), Instant::now());
+        }
     }
 
     /// How often a binding is polled: its own interval, its workspace's, then 5 minutes.
@@ -459,6 +506,13 @@ fn validation_passed(binding: &ToolBinding) -> bool {
         .is_none_or(|c| c.status != "False" || c.reason == status::REJECTED)
 }
 
+/// Whether the binding's status records a poll at or after the requested time (an
+/// unparseable time counts as served: it cannot be compared, and the interval still polls).
+fn request_served(binding: &ToolBinding, requested_at: &str) -> bool {
+    let Ok(requested) = requested_at.parse::<jiff::Timestamp>() else { return true };
+    binding.status.as_ref().and_then(|s| s.last_sync_time.as_ref()).is_some_and(|t| t.0 >= requested)
+}
+
 /// When a binding was last synced (per its status) plus its interval, as an Instant.
 fn warm_start_due(binding: &ToolBinding, interval: Duration, now: Instant) -> Instant {
     let last = binding.status.as_ref().and_then(|s| s.last_sync_time.as_ref()).map(|t| t.0);
@@ -484,6 +538,17 @@ mod tests {
         b
     }
 
+    fn empty_record() -> SyncRecord {
+        SyncRecord {
+            attempted_at: Time(jiff::Timestamp::now()),
+            succeeded_at: None,
+            snapshot: None,
+            error: None,
+            rate_limit: None,
+            unchanged: false,
+        }
+    }
+
     #[test]
     fn the_queue_hands_out_due_bindings_once_and_forgets_deleted_ones() {
         let now = Instant::now();
@@ -494,14 +559,7 @@ mod tests {
         let (a, b) = (ObjectRef::from_obj(&binding("a", 1)), ObjectRef::from_obj(&binding("b", 1)));
         assert_eq!(schedule.take_due(now).len(), 2, "never synced: due at once");
         assert!(schedule.take_due(now).is_empty(), "in flight: not handed out twice");
-        let record = SyncRecord {
-            attempted_at: Time(jiff::Timestamp::now()),
-            succeeded_at: None,
-            snapshot: None,
-            error: None,
-            rate_limit: None,
-            unchanged: false,
-        };
+        let record = empty_record();
         schedule.finish(&a, record.clone(), now + interval);
         schedule.finish(&b, record, now + interval);
         assert!(schedule.take_due(now + Duration::from_secs(59)).is_empty());
@@ -515,6 +573,53 @@ mod tests {
         assert_eq!(schedule.retain(&HashSet::from([a.clone()])), [b]);
         assert_eq!(schedule.states.keys().collect::<Vec<_>>(), [&a]);
         assert!(schedule.queue.iter().all(|(_, _, name)| name == "a"));
+    }
+
+    #[test]
+    fn webhook_requests_poll_at_once_but_at_most_once_per_gap() {
+        let now = Instant::now();
+        let mut schedule = Schedule::default();
+        let interval = Duration::from_secs(600);
+        let b = binding("a", 1);
+        let key = ObjectRef::from_obj(&b);
+        schedule.notice(&b, interval, now);
+        assert_eq!(schedule.take_due(now).len(), 1);
+        let record = empty_record();
+        schedule.finish(&key, record.clone(), now + interval);
+        // A new leader's first sight of a request its status already answers: nothing.
+        schedule.request(&key, "2026-11-23T22:00:00Z", true, now);
+        assert!(schedule.take_due(now + Duration::from_secs(60)).is_empty());
+        // A new request: due once the gap since the last poll's start has passed.
+        let later = now + Duration::from_secs(2);
+        schedule.request(&key, "2026-11-23T22:00:01Z", false, later);
+        assert!(schedule.take_due(later).is_empty(), "within the gap");
+        assert_eq!(schedule.take_due(now + REQUESTED_POLL_GAP), std::slice::from_ref(&key));
+        // Requests while in flight fold into one poll after the gap.
+        let started = now + REQUESTED_POLL_GAP;
+        for n in 2..50 {
+            schedule.request(&key, &format!("2026-11-23T22:00:{n:02}Z"), false, started);
+        }
+        schedule.finish(&key, record, started + interval);
+        assert_eq!(schedule.states[&key].due, started + REQUESTED_POLL_GAP, "one poll, after the gap, not the interval");
+        assert_eq!(schedule.take_due(started + REQUESTED_POLL_GAP), std::slice::from_ref(&key));
+        // The same value again (a resync) asks for nothing.
+        schedule.finish(&key, schedule.states[&key].record.clone().unwrap(), started + interval);
+        schedule.request(&key, "2026-11-23T22:00:49Z", false, started + interval / 2);
+        assert!(schedule.take_due(started + interval / 2).is_empty());
+    }
+
+    #[test]
+    fn a_request_is_served_by_a_poll_at_or_after_it() {
+        let mut b = binding("a", 1);
+        assert!(!request_served(&b, "2026-11-23T22:00:00Z"), "never polled");
+        b.status = Some(crate::api::ToolBindingStatus {
+            last_sync_time: Some(Time("2026-11-23T22:00:05Z".parse().unwrap())),
+            ..Default::default()
+        });
+        assert!(request_served(&b, "2026-11-23T22:00:00Z"));
+        assert!(request_served(&b, "2026-11-23T22:00:05Z"));
+        assert!(!request_served(&b, "2026-11-23T22:00:06Z"));
+        assert!(request_served(&b, "not a time"));
     }
 
     #[test]

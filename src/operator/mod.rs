@@ -53,6 +53,8 @@ pub struct OperatorConfig {
     pub engine: Option<EngineConfig>,
     /// Namespaces to watch and act in; empty: the whole cluster.
     pub watch_namespaces: Vec<String>,
+    /// The webhook receiver, served by every replica; `None`: off.
+    pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -70,6 +72,16 @@ pub async fn run(kube_config: kube::Config, config: OperatorConfig) -> Result<()
             tracing::error!(%error, "admin server stopped");
         }
     });
+
+    if let Some(webhook) = config.webhook.clone() {
+        // Every replica, with the unfenced client: a standby records a request too.
+        let (client, metrics) = (client.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(error) = crate::webhook::run(client, webhook, metrics).await {
+                tracing::error!(%error, "webhook receiver stopped");
+            }
+        });
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
