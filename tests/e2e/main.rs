@@ -9,6 +9,7 @@ mod portal;
 mod portal_auth;
 mod support;
 mod tenancy;
+mod webhook;
 
 use hyperpage::api::conditions::{self, CREDENTIALS_VALID, PROGRESSING, READY};
 use hyperpage::api::{ToolBinding, Workspace};
