@@ -5,6 +5,7 @@ pub mod api;
 pub mod engine;
 pub mod lease;
 pub mod metrics;
+pub mod notify;
 pub mod operator;
 pub mod portal;
 pub mod providers;

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub leader_transitions: Counter,
     pub engine: crate::engine::EngineMetrics,
     pub webhook: crate::webhook::WebhookMetrics,
+    pub notify: crate::notify::NotifyMetrics,
 }
 
 impl Default for Metrics {
@@ -76,6 +77,7 @@ impl Metrics {
         registry.register("build_info", "The running hyperpage version", build_info);
         let engine = crate::engine::EngineMetrics::register(&mut registry);
         let webhook = crate::webhook::WebhookMetrics::register(&mut registry);
+        let notify = crate::notify::NotifyMetrics::register(&mut registry);
         Self {
             registry: Arc::new(registry),
             reconciles,
@@ -86,6 +88,7 @@ impl Metrics {
             leader_transitions,
             engine,
             webhook,
+            notify,
         }
     }
 

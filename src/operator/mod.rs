@@ -231,6 +231,16 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
             }
         }
     };
+    // Leader only, like the controllers: messages on transitions (status.notifications).
+    let notifier = {
+        let (client, workspaces, bindings, mut synced) = (client.clone(), workspaces.clone(), bindings.clone(), synced_rx.clone());
+        let policy = config.engine.as_ref().map(|e| e.client.policy.clone()).unwrap_or_default();
+        let metrics = ctx.metrics.notify.clone();
+        async move {
+            let _ = synced.wait_for(|s| *s).await;
+            crate::notify::run(client, workspaces, bindings, policy, metrics).await
+        }
+    };
     let controller_config = ControllerConfig::default().concurrency(config.concurrency);
 
     let workspace_controller = Controller::for_shared_stream(ws_for_ws, workspaces.clone())
@@ -293,6 +303,7 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
         _ = binding_controller => {}
         _ = mark_synced => {}
         _ = polling => {}
+        _ = notifier => {}
     }
 }
 

@@ -4,6 +4,7 @@
 mod chart;
 mod engine;
 mod image;
+mod notify;
 mod policy;
 mod portal;
 mod portal_auth;

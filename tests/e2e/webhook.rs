@@ -89,7 +89,7 @@ fn hook_url(port: u16, namespace: &str) -> String {
     format!("http://127.0.0.1:{port}/hooks/{}", path_digest(namespace, "github", HOOK_SECRET.as_bytes()))
 }
 
-async fn post(http: &reqwest::Client, url: &str, signature: Option<&str>, body: &str) -> u16 {
+pub(crate) async fn post(http: &reqwest::Client, url: &str, signature: Option<&str>, body: &str) -> u16 {
     let mut request = http.post(url).header("content-type", "application/json").header("x-github-event", "push").body(body.to_string());
     if let Some(signature) = signature {
         request = request.header("x-hub-signature-256", signature);
