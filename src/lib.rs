@@ -5,10 +5,12 @@ pub mod api;
 pub mod engine;
 pub mod lease;
 pub mod metrics;
+pub mod notify;
 pub mod operator;
 pub mod portal;
 pub mod providers;
 pub mod telemetry;
+pub mod webhook;
 
 /// The version of this build, reported by `hyperpage version` and `hyperpage_build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -152,6 +152,18 @@ struct OperatorArgs {
     #[arg(long, env = "HYPERPAGE_WATCH_NAMESPACES", value_delimiter = ',')]
     watch_namespaces: Vec<String>,
 
+    /// Serve the webhook receiver (POST /hooks/<digest>) on --webhook-address, on every replica.
+    #[arg(long, env = "HYPERPAGE_WEBHOOKS", default_value_t = true, action = clap::ArgAction::Set)]
+    webhooks: bool,
+
+    /// Address of the webhook receiver (plain HTTP: terminate TLS at the Ingress).
+    #[arg(long, env = "HYPERPAGE_WEBHOOK_ADDRESS", default_value = "0.0.0.0:8090")]
+    webhook_address: SocketAddr,
+
+    /// Largest webhook body accepted, in bytes (larger: 413, before any signature is computed).
+    #[arg(long, env = "HYPERPAGE_WEBHOOK_MAX_BODY", default_value_t = hyperpage::webhook::DEFAULT_MAX_BODY)]
+    webhook_max_body: usize,
+
     #[command(flatten)]
     policy: PolicyArgs,
 }
@@ -426,6 +438,11 @@ async fn run_operator(args: OperatorArgs) -> Result<(), Box<dyn std::error::Erro
         resync: args.resync,
         concurrency: args.concurrency.max(1),
         engine,
+        webhook: args.webhooks.then(|| hyperpage::webhook::WebhookConfig {
+            address: args.webhook_address,
+            max_body: args.webhook_max_body,
+            watch_namespaces: watch_namespaces.clone(),
+        }),
         watch_namespaces,
     };
     hyperpage::operator::run(kube_config, config).await

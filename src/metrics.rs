@@ -42,6 +42,8 @@ pub struct Metrics {
     pub leader: Gauge,
     pub leader_transitions: Counter,
     pub engine: crate::engine::EngineMetrics,
+    pub webhook: crate::webhook::WebhookMetrics,
+    pub notify: crate::notify::NotifyMetrics,
 }
 
 impl Default for Metrics {
@@ -74,6 +76,8 @@ impl Metrics {
         build_info.get_or_create(&VersionLabels { version: crate::VERSION }).set(1);
         registry.register("build_info", "The running hyperpage version", build_info);
         let engine = crate::engine::EngineMetrics::register(&mut registry);
+        let webhook = crate::webhook::WebhookMetrics::register(&mut registry);
+        let notify = crate::notify::NotifyMetrics::register(&mut registry);
         Self {
             registry: Arc::new(registry),
             reconciles,
@@ -83,6 +87,8 @@ impl Metrics {
             leader,
             leader_transitions,
             engine,
+            webhook,
+            notify,
         }
     }
 

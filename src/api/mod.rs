@@ -9,7 +9,7 @@ pub mod duration;
 pub mod toolbinding;
 pub mod workspace;
 
-pub use toolbinding::{Provider, ToolBinding, ToolBindingSpec, ToolBindingStatus};
+pub use toolbinding::{Provider, REQUESTED_AT_ANNOTATION, ToolBinding, ToolBindingSpec, ToolBindingStatus};
 pub use workspace::{Workspace, WorkspaceSpec, WorkspaceStatus};
 
 use kube::CustomResourceExt;

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("has(self.jenkins) == (self.provider == 'jenkins')").message("spec.jenkins is required when provider is jenkins, and not allowed for other providers: set exactly the one provider block that matches spec.provider"))]
 #[x_kube(validation = Rule::new("has(self.harbor) == (self.provider == 'harbor')").message("spec.harbor is required when provider is harbor, and not allowed for other providers: set exactly the one provider block that matches spec.provider"))]
 #[x_kube(validation = Rule::new("has(self.endpoint) || self.provider in ['github', 'gitlab']").message("spec.endpoint is required for jira, jenkins and harbor: they have no public default address"))]
+#[x_kube(validation = Rule::new("!has(self.webhook) || self.webhook.secretRef.name != self.credentialsSecretRef.name || self.webhook.secretRef.key != self.credentialsSecretRef.key").message("spec.webhook.secretRef must not be the API token (credentialsSecretRef): the webhook's shared secret is pasted into the tool's webhook settings, so give it its own key"))]
 #[serde(rename_all = "camelCase")]
 pub struct ToolBindingSpec {
     /// The Workspace (in this namespace) whose portal shows this tool.
@@ -91,6 +92,26 @@ pub struct ToolBindingSpec {
     /// Limits on how much of the token's API quota this binding may spend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
+
+    /// Push-triggered polls: the tool calls the operator's webhook receiver when something
+    /// changes, and the binding is polled at once instead of at its next interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
+}
+
+/// The annotation the webhook receiver writes (an RFC 3339 time) to ask for a poll now, the
+/// way Flux's receiver asks for a reconcile. Anyone who may patch the binding may write it too.
+pub const REQUESTED_AT_ANNOTATION: &str = "hyperpage.dev/requested-at";
+
+/// How a tool's webhook proves it comes from the tool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSpec {
+    /// The Secret (in this namespace, labelled hyperpage.dev/credential=true) and the key
+    /// holding the webhook's shared secret: GitHub's and Jira's webhook secret, GitLab's secret
+    /// token, Harbor's auth header, or the HMAC key Jenkins signs with. It also keys the
+    /// receiver's path for this binding (see the README).
+    pub secret_ref: SecretKeyRef,
 }
 
 /// The supported tools.

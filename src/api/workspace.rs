@@ -52,6 +52,98 @@ pub struct WorkspaceSpec {
     /// How the portal runs and is exposed.
     #[serde(default)]
     pub portal: PortalSpec,
+
+    /// Messages to the team's channels when a pipeline turns red or green, a tool degrades or
+    /// recovers, its credentials are rejected or its quota runs out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<NotificationsSpec>,
+}
+
+/// Where transitions are announced.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationsSpec {
+    /// The channels (1 to 10), each named uniquely.
+    #[schemars(length(min = 1, max = 10))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("each sink needs a name of its own"))]
+    pub sinks: Vec<SinkSpec>,
+}
+
+/// One channel.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.chatId) == (self.type == 'telegram')").message("chatId is required for telegram sinks and not allowed for the others"))]
+pub struct SinkSpec {
+    /// A name for the sink, used in status, Events and metrics.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("must be lowercase letters, digits and '-'"))]
+    pub name: String,
+
+    /// slack (incoming webhook), teams (workflow webhook), telegram (Bot API sendMessage) or
+    /// webhook (a JSON POST to a URL of yours).
+    #[serde(rename = "type")]
+    pub type_: SinkType,
+
+    /// The Secret (in this namespace, labelled hyperpage.dev/credential=true) and key holding
+    /// the webhook URL (slack, teams, webhook) or the bot token (telegram). Its
+    /// hyperpage.dev/endpoints annotation must allow the URL, except for Slack's
+    /// https://hooks.slack.com and Telegram's https://api.telegram.org.
+    pub secret_ref: super::toolbinding::SecretKeyRef,
+
+    /// Telegram only: the chat to post to (a numeric ID such as -1001234567890, or @channel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^(-?[0-9]+|@[A-Za-z0-9_]{5,32})$')").message("must be a numeric chat ID such as -1001234567890 or a @channelname"))]
+    pub chat_id: Option<String>,
+
+    /// Telegram only: the Bot API server; https://api.telegram.org when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && !self.contains('?') && !self.contains('#') && !self.matches('^[a-zA-Z]+://[^/]*@')").message("must be an http or https URL without user, query or fragment, such as https://api.telegram.org"))]
+    pub api_url: Option<String>,
+
+    /// Which transitions to send; all of them when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 6))]
+    pub events: Vec<NotificationEvent>,
+
+    /// At most this many messages per minute to this sink (1 to 60, default 20); the rest wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 60))]
+    pub max_per_minute: Option<i32>,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkType {
+    Slack,
+    Teams,
+    Telegram,
+    Webhook,
+}
+
+/// A transition a sink may be told about.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NotificationEvent {
+    PipelineFailed,
+    PipelineRecovered,
+    BindingDegraded,
+    BindingRecovered,
+    CredentialsRejected,
+    QuotaExhausted,
+}
+
+impl NotificationEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationEvent::PipelineFailed => "PipelineFailed",
+            NotificationEvent::PipelineRecovered => "PipelineRecovered",
+            NotificationEvent::BindingDegraded => "BindingDegraded",
+            NotificationEvent::BindingRecovered => "BindingRecovered",
+            NotificationEvent::CredentialsRejected => "CredentialsRejected",
+            NotificationEvent::QuotaExhausted => "QuotaExhausted",
+        }
+    }
 }
 
 /// The portal Deployment and how it is reached.
@@ -273,6 +365,25 @@ pub struct WorkspaceStatus {
     /// Roll-up across all of this workspace's ToolBindings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<WorkspaceSummary>,
+
+    /// What the notifier announced (written by it alone, under its own field manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<NotificationsStatus>,
+}
+
+/// The notifier's record: which conditions are announced, so that a new leader sends none of
+/// them again, and whether deliveries succeed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationsStatus {
+    /// Keys of the announced red states (pipeline/<binding>/<id>, degraded/<binding>,
+    /// credentials/<binding>, quota/<binding>); at most 200.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub announced: Vec<String>,
+    /// Delivered: True while every sink takes its messages; False with reason DeliveryFailed
+    /// naming the sink.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]

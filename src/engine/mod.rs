@@ -113,7 +113,17 @@ struct BindingState {
     /// The spec changed while a poll was in flight: poll again as soon as it finishes.
     poll_again: bool,
     budget: Option<Arc<Budget>>,
+    /// When the newest poll started (webhook-requested polls keep [`REQUESTED_POLL_GAP`] from it).
+    started: Option<Instant>,
+    /// The newest `hyperpage.dev/requested-at` value acted on.
+    requested: Option<String>,
+    /// A webhook asked for a poll while one was in flight: poll again after the gap.
+    requested_again: bool,
 }
+
+/// A webhook-requested poll starts no sooner than this after the previous poll of the binding
+/// started (the receiver coalesces with the same window): a burst of pushes costs one or two polls.
+pub const REQUESTED_POLL_GAP: Duration = Duration::from_secs(5);
 
 /// The bindings' states and a queue ordered by due time: each tick looks only at the due
 /// ones, not at every binding.
@@ -171,6 +181,9 @@ impl Schedule {
                     in_flight: false,
                     poll_again: false,
                     budget: None,
+                    started: None,
+                    requested: None,
+                    requested_again: false,
                 };
                 self.queue.insert(queued(due, &key));
                 self.states.insert(key, state);
@@ -195,15 +208,6 @@ impl Schedule {
         }
     }
 
-    /// Due now (a push, a request): at once unless being polled, then right after.
-    fn poll_now(&mut self, key: &ObjectRef<ToolBinding>, now: Instant) {
-        match self.states.get_mut(key) {
-            Some(state) if state.in_flight => state.poll_again = true,
-            Some(_) => self.set_due(key, now),
-            None => {}
-        }
-    }
-
     /// Takes the bindings due by `now` that are not being polled, marking them in flight.
     fn take_due(&mut self, now: Instant) -> Vec<ObjectRef<ToolBinding>> {
         let mut due = Vec::new();
@@ -216,6 +220,7 @@ impl Schedule {
             // Only the entry of the current due time counts (set_due removes older ones).
             if let Some(state) = self.states.get_mut(&key).filter(|s| !s.in_flight && s.due == when) {
                 state.in_flight = true;
+                state.started = Some(now);
                 due.push(key);
             }
         }
@@ -225,7 +230,13 @@ impl Schedule {
     /// Records a finished poll and queues the next one.
     fn finish(&mut self, key: &ObjectRef<ToolBinding>, record: SyncRecord, next: Instant) {
         if let Some(state) = self.states.get_mut(key) {
-            let next = if std::mem::take(&mut state.poll_again) { Instant::now() } else { next };
+            let next = if std::mem::take(&mut state.poll_again) {
+                Instant::now()
+            } else if std::mem::take(&mut state.requested_again) {
+                state.started.map_or(next, |s| (s + REQUESTED_POLL_GAP).max(Instant::now()).min(next))
+            } else {
+                next
+            };
             state.record = Some(record);
             state.in_flight = false;
             state.due = next;
@@ -239,6 +250,29 @@ impl Schedule {
             state.in_flight = false;
         }
         self.set_due(key, next);
+    }
+
+    /// A webhook asked for a poll (`requested_at`, the annotation's value): due now, or when
+    /// the gap since the last poll's start has passed. `served` says the binding's status
+    /// already records a poll at or after that time: a new leader seeing an old request for
+    /// the first time does not poll again for it.
+    fn request(&mut self, key: &ObjectRef<ToolBinding>, requested_at: &str, served: bool, now: Instant) {
+        let Some(state) = self.states.get_mut(key) else { return };
+        if state.requested.as_deref() == Some(requested_at) {
+            return;
+        }
+        let first = state.requested.replace(requested_at.to_string()).is_none();
+        if first && served {
+            return;
+        }
+        if state.in_flight {
+            state.requested_again = true;
+            return;
+        }
+        let due = state.started.map_or(now, |s| (s + REQUESTED_POLL_GAP).max(now));
+        if due < state.due {
+            self.set_due(key, due);
+        }
     }
 
     /// Drops bindings that no longer exist; returns them.
@@ -299,14 +333,11 @@ impl Engine {
     /// scheduled (from its status, for a warm start), a new generation is due at once.
     pub fn notice(&self, binding: &ToolBinding, workspace: Option<&Workspace>) {
         let interval = Self::interval(binding, workspace);
-        self.schedule.lock().expect("schedule lock").notice(binding, interval, Instant::now());
-    }
-
-    /// Asks for a poll of this binding as soon as possible (webhooks, a request annotation):
-    /// at the next tick, or right after the poll in flight. Unknown bindings are ignored
-    /// (the controller announces them first).
-    pub fn poll_now(&self, binding: &ObjectRef<ToolBinding>) {
-        self.schedule.lock().expect("schedule lock").poll_now(binding, Instant::now());
+        let mut schedule = self.schedule.lock().expect("schedule lock");
+        schedule.notice(binding, interval, Instant::now());
+        if let Some(requested_at) = binding.annotations().get(crate::api::REQUESTED_AT_ANNOTATION) {
+            schedule.request(&ObjectRef::from_obj(binding), requested_at, request_served(binding, requested_at), Instant::now());
+        }
     }
 
     /// When a binding is next due, if the engine knows it.
@@ -534,6 +565,13 @@ fn validation_passed(binding: &ToolBinding) -> bool {
         .is_none_or(|c| c.status != "False" || c.reason == status::REJECTED)
 }
 
+/// Whether the binding's status records a poll at or after the requested time (an
+/// unparseable time counts as served: it cannot be compared, and the interval still polls).
+fn request_served(binding: &ToolBinding, requested_at: &str) -> bool {
+    let Ok(requested) = requested_at.parse::<jiff::Timestamp>() else { return true };
+    binding.status.as_ref().and_then(|s| s.last_sync_time.as_ref()).is_some_and(|t| t.0 >= requested)
+}
+
 /// How long ago `at` was (zero for a time in the future).
 fn age(at: jiff::Timestamp) -> Duration {
     Duration::try_from(jiff::Timestamp::now().duration_since(at)).unwrap_or_default()
@@ -561,6 +599,17 @@ mod tests {
         b.metadata.generation = Some(generation);
         b.status = None;
         b
+    }
+
+    fn empty_record() -> SyncRecord {
+        SyncRecord {
+            attempted_at: Time(jiff::Timestamp::now()),
+            succeeded_at: None,
+            snapshot: None,
+            error: None,
+            rate_limit: None,
+            unchanged: false,
+        }
     }
 
     #[test]
@@ -593,17 +642,6 @@ mod tests {
         let at = jiff::Timestamp::now() - jiff::SignedDuration::try_from(ago).unwrap();
         b.status = Some(crate::api::ToolBindingStatus { last_sync_time: Some(Time(at)), ..Default::default() });
         b
-    }
-
-    fn empty_record() -> SyncRecord {
-        SyncRecord {
-            attempted_at: Time(jiff::Timestamp::now()),
-            succeeded_at: None,
-            snapshot: None,
-            error: None,
-            rate_limit: None,
-            unchanged: false,
-        }
     }
 
     fn polled_ago(ago: Duration, generation: i64) -> Polled {
@@ -645,22 +683,50 @@ mod tests {
     }
 
     #[test]
-    fn poll_now_makes_a_binding_due_at_once_or_right_after_its_poll() {
+    fn webhook_requests_poll_at_once_but_at_most_once_per_gap() {
         let now = Instant::now();
-        let interval = Duration::from_secs(300);
-        let fresh = synced_ago(binding("a", 1), Duration::from_secs(1));
-        let key = ObjectRef::from_obj(&fresh);
         let mut schedule = Schedule::default();
-        schedule.poll_now(&key, now);
-        assert!(schedule.states.is_empty(), "unknown bindings are ignored");
-        schedule.notice(&fresh, interval, now);
-        assert!(schedule.take_due(now).is_empty());
-        schedule.poll_now(&key, now);
-        assert_eq!(schedule.take_due(now), std::slice::from_ref(&key));
-        schedule.poll_now(&key, now);
+        let interval = Duration::from_secs(600);
+        let b = binding("a", 1);
+        let key = ObjectRef::from_obj(&b);
+        schedule.notice(&b, interval, now);
+        assert_eq!(schedule.take_due(now).len(), 1);
         let record = empty_record();
-        schedule.finish(&key, record, now + interval);
-        assert_eq!(schedule.take_due(Instant::now()), [key], "asked for while in flight: polled again right after");
+        schedule.finish(&key, record.clone(), now + interval);
+        // A new leader's first sight of a request its status already answers: nothing.
+        schedule.request(&key, "2026-11-23T22:00:00Z", true, now);
+        assert!(schedule.take_due(now + Duration::from_secs(60)).is_empty());
+        // A new request: due once the gap since the last poll's start has passed.
+        let later = now + Duration::from_secs(2);
+        schedule.request(&key, "2026-11-23T22:00:01Z", false, later);
+        assert!(schedule.take_due(later).is_empty(), "within the gap");
+        assert_eq!(schedule.take_due(now + REQUESTED_POLL_GAP), std::slice::from_ref(&key));
+        // Requests while in flight fold into one poll after the gap.
+        let started = now + REQUESTED_POLL_GAP;
+        for n in 2..50 {
+            schedule.request(&key, &format!("2026-11-23T22:00:{n:02}Z"), false, started);
+        }
+        schedule.finish(&key, record, started + interval);
+        assert_eq!(schedule.states[&key].due, started + REQUESTED_POLL_GAP, "one poll, after the gap, not the interval");
+        assert_eq!(schedule.take_due(started + REQUESTED_POLL_GAP), std::slice::from_ref(&key));
+        // The same value again (a resync) asks for nothing.
+        schedule.finish(&key, schedule.states[&key].record.clone().unwrap(), started + interval);
+        schedule.request(&key, "2026-11-23T22:00:49Z", false, started + interval / 2);
+        assert!(schedule.take_due(started + interval / 2).is_empty());
+    }
+
+    #[test]
+    fn a_request_is_served_by_a_poll_at_or_after_it() {
+        let mut b = binding("a", 1);
+        assert!(!request_served(&b, "2026-11-23T22:00:00Z"), "never polled");
+        b.status = Some(crate::api::ToolBindingStatus {
+            last_sync_time: Some(Time("2026-11-23T22:00:05Z".parse().unwrap())),
+            ..Default::default()
+        });
+        assert!(request_served(&b, "2026-11-23T22:00:00Z"));
+        assert!(request_served(&b, "2026-11-23T22:00:05Z"));
+        assert!(!request_served(&b, "2026-11-23T22:00:06Z"));
+        assert!(request_served(&b, "not a time"));
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct OperatorConfig {
     pub engine: Option<EngineConfig>,
     /// Namespaces to watch and act in; empty: the whole cluster.
     pub watch_namespaces: Vec<String>,
+    /// The webhook receiver, served by every replica; `None`: off.
+    pub webhook: Option<crate::webhook::WebhookConfig>,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -70,6 +72,16 @@ pub async fn run(kube_config: kube::Config, config: OperatorConfig) -> Result<()
             tracing::error!(%error, "admin server stopped");
         }
     });
+
+    if let Some(webhook) = config.webhook.clone() {
+        // Every replica, with the unfenced client: a standby records a request too.
+        let (client, metrics) = (client.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(error) = crate::webhook::run(client, webhook, metrics).await {
+                tracing::error!(%error, "webhook receiver stopped");
+            }
+        });
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -220,6 +232,16 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
             }
         }
     };
+    // Leader only, like the controllers: messages on transitions (status.notifications).
+    let notifier = {
+        let (client, workspaces, bindings, mut synced) = (client.clone(), workspaces.clone(), bindings.clone(), synced_rx.clone());
+        let policy = config.engine.as_ref().map(|e| e.client.policy.clone()).unwrap_or_default();
+        let metrics = ctx.metrics.notify.clone();
+        async move {
+            let _ = synced.wait_for(|s| *s).await;
+            crate::notify::run(client, workspaces, bindings, policy, metrics).await
+        }
+    };
     let controller_config = ControllerConfig::default().concurrency(config.concurrency);
 
     let workspace_controller = Controller::for_shared_stream(ws_for_ws, workspaces.clone())
@@ -282,6 +304,7 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
         _ = binding_controller => {}
         _ = mark_synced => {}
         _ = polling => {}
+        _ = notifier => {}
     }
 }
 

@@ -196,7 +196,9 @@ async fn apply_children(ctx: &Context, ws: &Workspace, desired: &Children, refus
 /// Writes the status only when it differs from what is stored, and reports a change of
 /// `Ready` as an Event.
 async fn write_status(ws: &Workspace, ctx: &Context, status: WorkspaceStatus) -> Result<(), Error> {
-    let previous = ws.status.clone().unwrap_or_default();
+    // status.notifications belongs to the notifier (its own field manager): never written here.
+    let status = WorkspaceStatus { notifications: None, ..status };
+    let previous = WorkspaceStatus { notifications: None, ..ws.status.clone().unwrap_or_default() };
     if previous == status {
         return Ok(());
     }
@@ -335,6 +337,7 @@ pub fn compute_status(
         portal: Some(PortalStatus { url, replicas: desired_replicas, ready_replicas }),
         tools: Some(ToolCounts { total: count(bindings.len()), ready: count(ready_count), failing: count(failing.len()) }),
         summary: summarize(bindings),
+        notifications: None,
     }
 }
 

@@ -4,12 +4,14 @@
 mod chart;
 mod engine;
 mod image;
+mod notify;
 mod policy;
 mod portal;
 mod portal_auth;
 mod prometheus;
 mod support;
 mod tenancy;
+mod webhook;
 
 use hyperpage::api::conditions::{self, CREDENTIALS_VALID, PROGRESSING, READY};
 use hyperpage::api::{ToolBinding, Workspace};

@@ -11,6 +11,8 @@ pub mod gitlab;
 pub mod harbor;
 pub mod jenkins;
 pub mod jira;
+pub mod slack;
+pub mod telegram;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, Uri};
