@@ -62,6 +62,9 @@ struct Args {
     /// `--poll-concurrency` (default: the operator's).
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Seconds during which another client spends the same token's quota.
+    #[arg(long, default_value_t = 30)]
+    churn_secs: u64,
     /// Seconds of load per target in the portal row (0: skip it).
     #[arg(long, default_value_t = 10)]
     portal_secs: u64,
@@ -94,6 +97,33 @@ fn cpu_ticks() -> (u64, u64) {
 fn ticks_per_second() -> f64 {
     let out = std::process::Command::new("getconf").arg("CLK_TCK").output().ok();
     out.and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
+}
+
+/// The ToolBinding controller's status step for one finished poll, with the operator's own
+/// pure functions: the record, whether it writes (the status is stored back when it does),
+/// and whether the rule before the quota change (a move of `remaining` or `resetAt` writes)
+/// would have.
+fn status_step(
+    engine: &Engine,
+    bindings: &reflector::Store<ToolBinding>,
+    writer: &mut reflector::store::Writer<ToolBinding>,
+    key: &ObjectRef<ToolBinding>,
+    heartbeat: Duration,
+) -> Option<(hyperpage::engine::status::SyncRecord, bool, bool)> {
+    let (record, binding) = (engine.record(key)?, bindings.get(key)?);
+    let now = Time(jiff::Timestamp::now());
+    let previous = binding.status.clone().unwrap_or_default();
+    let desired = compose(validate(&binding, true, &Ok(())), LastPoll::of(Some(&record), &binding), false);
+    let status = binding_status(&binding, &previous, &desired, Some(&record), &now);
+    let write = needs_write(&previous, &status, heartbeat, &now);
+    let moving = |s: &hyperpage::api::ToolBindingStatus| s.rate_limit.as_ref().map(|r| (r.remaining, r.reset_at.clone()));
+    let old_rule = write || moving(&previous) != moving(&status);
+    if write {
+        let mut updated = (*binding).clone();
+        updated.status = Some(status);
+        writer.apply_watcher_event(&watcher::Event::Apply(updated));
+    }
+    Some((record, write, old_rule))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -176,7 +206,7 @@ async fn prepare_namespaces(client: &kube::Client, count: usize, endpoint: &str)
 
 /// Quota spent by polling `sample` bindings once each with no validators (a fresh cache per
 /// poll), as a poller without conditional requests would.
-async fn naive_quota(endpoint: &str, shared: &fakes::Shared, sample: usize, repos: usize) -> f64 {
+async fn naive_polls(endpoint: &str, shared: &fakes::Shared, sample: usize, repos: usize) -> f64 {
     let before = shared.quota.lock().unwrap().remaining;
     let credential = Credential::new(Provider::Github, TOKEN).unwrap();
     let budget = Budget::new(None);
@@ -251,18 +281,9 @@ async fn main() -> Result<(), BoxError> {
             shared.clear();
         }
         if let Some(key) = key
-            && let (Some(record), Some(binding)) = (engine.record(&key), bindings.get(&key))
+            && let Some((record, write, _)) = status_step(&engine, &bindings, &mut binding_writer, &key, heartbeat)
         {
             let now = Time(jiff::Timestamp::now());
-            let previous = binding.status.clone().unwrap_or_default();
-            let desired = compose(validate(&binding, true, &Ok(())), LastPoll::of(Some(&record), &binding), false);
-            let status = binding_status(&binding, &previous, &desired, Some(&record), &now);
-            let write = needs_write(&previous, &status, heartbeat, &now);
-            if write {
-                let mut updated = (*binding).clone();
-                updated.status = Some(status);
-                binding_writer.apply_watcher_event(&watcher::Event::Apply(updated));
-            }
             if window.is_some() {
                 polls += 1;
                 writes += u64::from(write);
@@ -307,8 +328,41 @@ async fn main() -> Result<(), BoxError> {
     let hours = elapsed / 3600.0;
     let engine_quota = spent as f64 / args.bindings as f64 / hours;
     eprintln!("[engine] naive reference: {} bindings with fresh caches", args.naive_sample);
-    let naive_per_poll = naive_quota(&endpoint, &shared, args.naive_sample, args.repos).await;
+    let naive_per_poll = naive_polls(&endpoint, &shared, args.naive_sample, args.repos).await;
     let naive_quota = naive_per_poll * 3600.0 / interval.as_secs_f64();
+
+    // Churn: another client spends the same token's quota meanwhile, so `remaining` moves
+    // between two polls of a binding (as other bindings of a token with changing data do).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spender = {
+        let (stop, endpoint, shared, repos) = (stop.clone(), endpoint.clone(), shared.clone(), args.repos);
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                naive_polls(&endpoint, &shared, 1, repos).await;
+            }
+        })
+    };
+    let churn_from = Instant::now();
+    let quota_at_churn = shared.quota.lock().unwrap().remaining;
+    let (mut churn_polls, mut churn_writes, mut churn_old_writes) = (0u64, 0u64, 0u64);
+    while churn_from.elapsed() < Duration::from_secs(args.churn_secs) {
+        if let Ok(Some(key)) = tokio::time::timeout(Duration::from_secs(1), wake_rx.recv()).await
+            && let Some((_, write, old_rule)) = status_step(&engine, &bindings, &mut binding_writer, &key, heartbeat)
+        {
+            churn_polls += 1;
+            churn_writes += u64::from(write);
+            churn_old_writes += u64::from(old_rule);
+        }
+        if churn_polls % 2000 == 0 {
+            shared.clear();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = spender.await;
+    let churn_spent = quota_at_churn - shared.quota.lock().unwrap().remaining;
+    eprintln!(
+        "[engine] churn: {churn_writes} status writes in {churn_polls} polls (old rule: {churn_old_writes}), {churn_spent} quota spent by the other client"
+    );
     polling.abort();
 
     // The portal of one Workspace, with its namespace's objects (as a portal watches them).
@@ -360,6 +414,8 @@ async fn main() -> Result<(), BoxError> {
         "status_writes": writes, "quota_spent": spent, "quota_per_binding_hour": engine_quota,
         "naive_quota_per_poll": naive_per_poll, "naive_quota_per_binding_hour": naive_quota, "search_calls": searches,
         "portal": portal_json,
+        "churn": {"seconds": args.churn_secs, "polls": churn_polls, "status_writes": churn_writes,
+                  "status_writes_by_the_previous_rule": churn_old_writes, "quota_spent_by_the_other_client": churn_spent},
     });
     std::fs::create_dir_all(&args.out)?;
     let name = |ext: &str| match args.concurrency {
@@ -383,6 +439,9 @@ async fn main() -> Result<(), BoxError> {
          operator {cpu:.2} cores; cold first round {cold:.0} s; failed polls {failed} | ≥ 200 polls/s at ≤ 1 core: {m1} |\n\
          | poll latency (start of poll → controller told) | p50 {p50:.1} ms, p99 {p99:.1} ms | reported |\n\
          | status writes for unchanged data | {writes} in {polls} polls (tokens shared by 100 bindings) | 0: {m3} |\n\
+         | status writes for unchanged data while another client spends the same tokens' quota ({cs} s, {churn_spent} requests) \
+         | {churn_writes} in {churn_polls} polls; the rule before this change (any move of `remaining` writes) would have \
+         written {churn_old_writes} | 0: {m5} |\n\
          | quota per binding-hour, unchanged upstream | engine {eq:.2}; naive polling of the same endpoints (no validators) \
          {nq:.0} ({npp:.0} per poll) — {ratio} | ≥ 10× fewer: {m2} |\n\
          | search calls | {searches} | 0: {m4} |\n\
@@ -404,6 +463,8 @@ async fn main() -> Result<(), BoxError> {
         npp = naive_per_poll,
         m2 = met(engine_quota * 10.0 <= naive_quota),
         m4 = met(searches == 0),
+        cs = args.churn_secs,
+        m5 = met(churn_writes == 0),
     );
     std::fs::write(args.out.join(name("md")), &md)?;
     println!("{md}");
