@@ -257,7 +257,7 @@ async fn main() -> Result<(), BoxError> {
     let engine = Arc::new(Engine::new(client.clone(), config, EngineMetrics::register(&mut Default::default()))?);
     let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<ObjectRef<ToolBinding>>(1024);
     let started = Instant::now();
-    let polling = tokio::spawn(engine.clone().run(bindings.clone(), workspaces.clone(), wake_tx));
+    let polling = tokio::spawn(engine.clone().run(bindings.clone(), workspaces.clone(), wake_tx, hyperpage::lease::Fence::always_open()));
 
     // The controller's status step for every finished poll; counts per phase.
     let heartbeat = interval * HEARTBEAT_INTERVALS;

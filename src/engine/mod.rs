@@ -12,6 +12,7 @@ pub mod status;
 use crate::api::duration::{self, DEFAULT_REFRESH_INTERVAL};
 use crate::api::toolbinding::RateLimitStatus;
 use crate::api::{ToolBinding, Workspace};
+use crate::lease::Fence;
 use crate::providers::http::{ClientConfig, UpstreamClient, UpstreamMetrics};
 use crate::providers::{self, Budget, Credential, PollRequest, ProviderError, Scope, credential};
 use cache::{Cache, CacheMetrics, Polled};
@@ -275,6 +276,13 @@ impl Schedule {
         }
     }
 
+    /// Forgets everything from an earlier leadership term of this replica: its due times are
+    /// stale (another leader polled meanwhile), so a new term starts, like a new process, from
+    /// the bindings' status and the polls recorded in the shared cache.
+    fn new_term(&mut self) {
+        *self = Self::default();
+    }
+
     /// Drops bindings that no longer exist; returns them.
     fn retain(&mut self, known: &HashSet<ObjectRef<ToolBinding>>) -> Vec<ObjectRef<ToolBinding>> {
         let gone: Vec<_> = self.states.keys().filter(|k| !known.contains(*k)).cloned().collect();
@@ -359,13 +367,14 @@ impl Engine {
         }
     }
 
-    /// Polls one binding, records the poll in the shared cache (before anything else: a
-    /// leader that dies now must not make the next one repeat it) and queues the next.
+    /// Records the poll in the shared cache, polls one binding and queues the next. The record
+    /// comes first: a leader that dies during the poll or before its status write (its
+    /// requests already spent) must not make the next one repeat it.
     pub async fn poll_and_record(&self, binding: &ToolBinding, interval: Duration) -> ObjectRef<ToolBinding> {
         let key = ObjectRef::from_obj(binding);
-        let record = self.poll_once(binding).await;
-        let polled = Polled { at: record.attempted_at.0, generation: binding.metadata.generation };
+        let polled = Polled { at: jiff::Timestamp::now(), generation: binding.metadata.generation };
         self.cache.put_polled(&owner(&key), polled).await;
+        let record = self.poll_once(binding).await;
         let next = match &record.error {
             Some(ProviderError::RateLimited { until, .. }) => {
                 let wait = until.duration_since(jiff::Timestamp::now());
@@ -405,7 +414,9 @@ impl Engine {
         bindings: Store<ToolBinding>,
         workspaces: Store<Workspace>,
         wake: mpsc::Sender<ObjectRef<ToolBinding>>,
+        fence: Fence,
     ) {
+        self.schedule.lock().expect("schedule lock").new_term();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut was_fallback = self.cache.in_fallback();
@@ -435,6 +446,11 @@ impl Engine {
                 }
                 was_fallback = fallback;
             }
+            // A leader frozen past its Lease (SIGSTOP, a long pause) wakes up here before its
+            // elector has noticed: it starts no poll the next leader makes too.
+            if !fence.is_open() {
+                continue;
+            }
             let due = self.schedule.lock().expect("schedule lock").take_due(now);
             for key in due {
                 let binding = bindings.get(&key);
@@ -452,9 +468,13 @@ impl Engine {
                 }
                 let interval = Self::interval(&binding, Some(&workspace));
                 let engine = self.clone();
-                let wake = wake.clone();
+                let (wake, fence) = (wake.clone(), fence.clone());
                 polls.spawn(async move {
                     let _permit = engine.permits.clone().acquire_owned().await;
+                    if !fence.is_open() {
+                        engine.schedule.lock().expect("schedule lock").skip(&ObjectRef::from_obj(binding.as_ref()), Instant::now());
+                        return;
+                    }
                     let key = engine.poll_and_record(&binding, interval).await;
                     let _ = wake.send(key).await;
                 });
@@ -680,6 +700,60 @@ mod tests {
         schedule.hint(key.clone(), polled_ago(Duration::from_secs(200), 1), now);
         assert_eq!(schedule.states[&key].due, due, "an older recorded poll does not bring the due time forward");
         assert_eq!(schedule.queue.len(), 1);
+    }
+
+    /// A replica that leads again must not act on the due times of its earlier term: another
+    /// leader polled meanwhile (its poll recorded in the shared cache, its status write lost).
+    #[test]
+    fn a_new_term_forgets_the_due_times_of_an_earlier_one() {
+        let now = Instant::now();
+        let interval = Duration::from_secs(300);
+        let b = synced_ago(binding("a", 1), Duration::from_secs(600));
+        let key = ObjectRef::from_obj(&b);
+        let mut schedule = Schedule::default();
+        schedule.notice(&b, interval, now);
+        assert_eq!(schedule.take_due(now), std::slice::from_ref(&key));
+        // The first term ends with the binding due again 1 s on; the replica leads again later.
+        schedule.finish(&key, empty_record(), now + Duration::from_secs(1));
+        let later = now + Duration::from_secs(2);
+        let mut stale = Schedule { states: HashMap::new(), queue: schedule.queue.clone(), polled: HashMap::new() };
+        std::mem::swap(&mut stale.states, &mut schedule.states);
+        stale.hint(key.clone(), polled_ago(Duration::from_secs(1), 1), later);
+        assert_eq!(stale.take_due(later), std::slice::from_ref(&key), "without a new term: polled again 1 s after the other leader");
+
+        schedule.new_term();
+        schedule.hint(key.clone(), polled_ago(Duration::from_secs(1), 1), later);
+        schedule.notice(&b, interval, later);
+        assert!(schedule.take_due(later).is_empty());
+        assert!(schedule.states[&key].due >= later + Duration::from_secs(298), "due one interval after the other leader's poll");
+    }
+
+    /// A leader frozen past its Lease wakes up with its fence closed: it starts no poll.
+    #[tokio::test]
+    async fn a_closed_fence_starts_no_poll() {
+        use kube::runtime::{reflector, watcher};
+        let mut b = binding("a", 1);
+        b.spec.refresh_interval = Some("5m".into());
+        let mut ws: Workspace = serde_norway::from_str(include_str!("../../tests/fixtures/workspace-basic.yaml")).unwrap();
+        ws.metadata.name = Some(b.spec.workspace_ref.name.clone());
+        ws.metadata.namespace = Some("team-a".into());
+        let key = ObjectRef::from_obj(&b);
+        for (fence, polled) in [(Fence::closed(), false), (Fence::always_open(), true)] {
+            let (bindings, mut bindings_writer) = reflector::store::<ToolBinding>();
+            bindings_writer.apply_watcher_event(&watcher::Event::Apply(b.clone()));
+            let (workspaces, mut workspaces_writer) = reflector::store::<Workspace>();
+            workspaces_writer.apply_watcher_event(&watcher::Event::Apply(ws.clone()));
+            // No API server: a poll fails at reading its credential, and is finished all the same.
+            let kube = Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+            let engine = Arc::new(Engine::new(kube, EngineConfig::default(), EngineMetrics::register(&mut Registry::default())).unwrap());
+            let (wake, _woken) = mpsc::channel(16);
+            let run = tokio::spawn(engine.clone().run(bindings, workspaces, wake, fence));
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            run.abort();
+            let due = engine.next_poll(&key).expect("noticed at the first tick");
+            let moved = due > Instant::now() + Duration::from_secs(200);
+            assert_eq!(moved, polled, "fence open: {polled}; due in {:?}", due.saturating_duration_since(Instant::now()));
+        }
     }
 
     #[test]

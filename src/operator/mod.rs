@@ -219,14 +219,14 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
     let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<ObjectRef<ToolBinding>>(1024);
     let wakes = futures::stream::poll_fn(move |cx| wake_rx.poll_recv(cx));
     let polling = {
-        let (bindings, workspaces) = (bindings.clone(), workspaces.clone());
+        let (bindings, workspaces, fence) = (bindings.clone(), workspaces.clone(), ctx.fence.clone());
         let mut synced = synced_rx.clone();
         async move {
             match engine {
                 Some(engine) => {
                     let _ = synced.wait_for(|s| *s).await;
                     tracing::info!("aggregation engine started");
-                    engine.run(bindings, workspaces, wake_tx).await
+                    engine.run(bindings, workspaces, wake_tx, fence).await
                 }
                 None => std::future::pending::<()>().await,
             }
