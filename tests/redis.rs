@@ -307,3 +307,25 @@ async fn a_poll_whose_status_died_with_its_leader_is_not_repeated() {
     next.notice(&binding, None);
     assert!(next.next_poll(&key).unwrap() <= tokio::time::Instant::now() + Duration::from_secs(10));
 }
+
+/// A standby's connection breaks while it is not used (Redis restarted, its data kept by the
+/// other replica's writes since): at takeover its first read still finds Redis, not the memory
+/// fallback, so the polls the old leader recorded are seen.
+#[tokio::test]
+async fn a_connection_broken_while_unused_reconnects_instead_of_falling_back() {
+    use hyperpage::engine::cache::Polled;
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let standby = Cache::redis(&redis.url(), "test-broken", CacheMetrics::default()).unwrap();
+    assert!(standby.get_polled(&["team-a/github".into()]).await.is_empty(), "connected, nothing recorded yet");
+
+    redis.stop();
+    let _redis = RedisServer::start_on(port);
+    let leader = Cache::redis(&_redis.url(), "test-broken", CacheMetrics::default()).unwrap();
+    let polled = Polled { at: jiff::Timestamp::now(), generation: Some(1) };
+    leader.put_polled("team-a/github", polled).await;
+
+    let found = standby.get_polled(&["team-a/github".into()]).await;
+    assert!(!standby.in_fallback(), "a broken idle connection is re-made, not a reason to fall back");
+    assert_eq!(found.get("team-a/github").map(|p| p.at), Some(polled.at));
+}

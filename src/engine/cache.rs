@@ -185,11 +185,18 @@ impl Cache {
     /// Runs a Redis command, switching to fallback when it fails.
     async fn with_redis<T, F, Fut>(&self, op: F) -> Option<T>
     where
-        F: FnOnce(redis::aio::ConnectionManager) -> Fut,
+        F: Fn(redis::aio::ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let connection = self.connection().await?;
-        match op(connection).await {
+        let result = match op(connection.clone()).await {
+            // A connection that broke while unused (Redis restarted under a standby) fails its
+            // first command, and the connection manager reconnects for the next: one retry
+            // before falling back, or a new leader's warm start would lose the shared cache.
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => op(connection).await,
+            other => other,
+        };
+        match result {
             Ok(value) => Some(value),
             Err(e) => {
                 self.set_fallback(true, Some(&e));
@@ -204,6 +211,7 @@ impl Cache {
             (Some(_), _) | (None, false) => local,
             (None, true) => {
                 let key = self.key("response", id);
+                let key = &key;
                 let raw: Option<Option<String>> = self.with_redis(|mut c| async move { c.get::<_, Option<String>>(key).await }).await;
                 let found = raw.flatten().and_then(|s| serde_json::from_str::<CachedResponse>(&s).ok());
                 if let Some(response) = &found {
@@ -227,12 +235,12 @@ impl Cache {
 
     /// Writes a key that belongs to a binding, and lists it under the binding for [`Cache::forget`].
     async fn set_owned(&self, key: String, value: String, owner: &str) {
-        let index = self.key("owner", owner);
+        let (key, value, index) = (&key, &value, &self.key("owner", owner));
         self.with_redis(|mut c| async move {
             redis::pipe()
-                .set_ex(&key, value, REDIS_TTL_SECONDS)
-                .sadd(&index, &key)
-                .expire(&index, REDIS_TTL_SECONDS as i64)
+                .set_ex(key, value, REDIS_TTL_SECONDS)
+                .sadd(index, key)
+                .expire(index, REDIS_TTL_SECONDS as i64)
                 .query_async::<()>(&mut c)
                 .await
         })
@@ -248,14 +256,14 @@ impl Cache {
             }
         }
         if self.uses_redis() {
-            let index = self.key("owner", owner);
+            let index = &self.key("owner", owner);
             self.with_redis(|mut c| async move {
-                let keys: Vec<String> = c.smembers(&index).await?;
+                let keys: Vec<String> = c.smembers(index).await?;
                 let mut pipe = redis::pipe();
                 for key in &keys {
                     pipe.del(key);
                 }
-                pipe.del(&index).query_async::<()>(&mut c).await
+                pipe.del(index).query_async::<()>(&mut c).await
             })
             .await;
         }
@@ -265,7 +273,7 @@ impl Cache {
         if !self.uses_redis() {
             return None;
         }
-        let key = self.key("ledger", credential);
+        let key = &self.key("ledger", credential);
         let raw: Option<Option<String>> = self.with_redis(|mut c| async move { c.get::<_, Option<String>>(key).await }).await;
         raw.flatten().and_then(|s| serde_json::from_str(&s).ok())
     }
@@ -274,6 +282,7 @@ impl Cache {
         if self.uses_redis() {
             let key = self.key("ledger", credential);
             let value = serde_json::to_string(entry).expect("a ledger entry serializes");
+            let (key, value) = (&key, &value);
             self.with_redis(|mut c| async move { c.set_ex::<_, _, ()>(key, value, 24 * 3600).await }).await;
         }
     }
@@ -310,9 +319,9 @@ impl Cache {
             return found;
         }
         for batch in owners.chunks(POLLED_BATCH) {
-            let keys: Vec<String> = batch.iter().map(|owner| self.key("polled", owner)).collect();
+            let keys: &Vec<String> = &batch.iter().map(|owner| self.key("polled", owner)).collect();
             let values: Option<Vec<Option<String>>> =
-                self.with_redis(|mut c| async move { redis::cmd("MGET").arg(&keys).query_async(&mut c).await }).await;
+                self.with_redis(|mut c| async move { redis::cmd("MGET").arg(keys).query_async(&mut c).await }).await;
             let Some(values) = values else { break };
             for (owner, value) in batch.iter().zip(values) {
                 if let Some(polled) = value.and_then(|v| serde_json::from_str(&v).ok()) {
