@@ -1,9 +1,10 @@
 //! `make bench`, engine rows: the aggregation engine as the operator runs it (`Engine::run`
 //! with its due-time queue, the `--poll-concurrency` default, the shared HTTP client, the
-//! credential read through the API server) over N bindings against the local GitHub fake,
+//! credentials read as the operator reads them: checked on a watch of the opted-in Secrets'
+//! metadata, each value fetched from the API server once per Secret version) over N bindings against the local GitHub fake,
 //! and the quota it spends next to naive polling of the same endpoints.
 //!
-//! What is real and what is not: the credentials are read from a real kube-apiserver (the
+//! What is real and what is not: the credentials come from a real kube-apiserver (the
 //! local control plane, or `KUBECONFIG`), one labelled Secret per namespace of 100 bindings;
 //! the bindings and Workspaces themselves live only in this process's reflector stores
 //! (10,000 ToolBindings through the operator's controllers would measure the API server's
@@ -28,12 +29,14 @@ use hyperpage::engine::{Engine, EngineConfig, EngineMetrics};
 use hyperpage::operator::toolbinding::{HEARTBEAT_INTERVALS, binding_status, needs_write, validate};
 use hyperpage::providers::http::ClientConfig;
 use hyperpage::providers::safety::EndpointPolicy;
+use hyperpage::providers::credential::{self, Credentials};
 use hyperpage::providers::{self, Budget, Credential, PollRequest, Scope};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
+use futures::StreamExt;
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -254,7 +257,13 @@ async fn main() -> Result<(), BoxError> {
     let mut config = EngineConfig { client: ClientConfig { policy, ..ClientConfig::default() }, ..EngineConfig::default() };
     config.concurrency = args.concurrency.unwrap_or(config.concurrency);
     let concurrency = config.concurrency;
-    let engine = Arc::new(Engine::new(client.clone(), config, EngineMetrics::register(&mut Default::default()))?);
+    // The operator's credential reader over a metadata watch of the opted-in Secrets.
+    let (opted_in, secrets_writer) = reflector::store();
+    let secret_watch = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), credential::opted_in()).reflect(secrets_writer);
+    tokio::spawn(secret_watch.for_each(|_| std::future::ready(())));
+    opted_in.wait_until_ready().await?;
+    let credentials = Credentials::watched(client.clone(), opted_in);
+    let engine = Arc::new(Engine::new(credentials, config, EngineMetrics::register(&mut Default::default()))?);
     let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<ObjectRef<ToolBinding>>(1024);
     let started = Instant::now();
     let polling = tokio::spawn(engine.clone().run(bindings.clone(), workspaces.clone(), wake_tx, hyperpage::lease::Fence::always_open()));
@@ -428,7 +437,7 @@ async fn main() -> Result<(), BoxError> {
     let md = format!(
         "## Engine{heading}\n\n\
          `bench/engine` (`cargo run --release --example engine`): `Engine::run` as the operator runs it (due-time queue, \
-         `--poll-concurrency` {concurrency}, in-memory cache, credentials read from the local kube-apiserver for every poll) \
+         `--poll-concurrency` {concurrency}, in-memory cache, credentials checked on a watch of the opted-in Secrets' metadata, each value read from the local kube-apiserver once per Secret version) \
          over {n} GitHub bindings of one repository each (in {namespaces} namespaces, one token per namespace), \
          `refreshInterval` {iv}, against the local GitHub fake; the steady window starts when the first cold polls fall due \
          again. The bindings live in the engine's stores, not in the API server; the ToolBinding controller's status step \

@@ -14,11 +14,12 @@ use crate::api::toolbinding::RateLimitStatus;
 use crate::api::{ToolBinding, Workspace};
 use crate::lease::Fence;
 use crate::providers::http::{ClientConfig, UpstreamClient, UpstreamMetrics};
-use crate::providers::{self, Budget, Credential, PollRequest, ProviderError, Scope, credential};
+use crate::providers::credential::{self, Credentials};
+use crate::providers::{self, Budget, Credential, PollRequest, ProviderError, Scope};
 use cache::{Cache, CacheMetrics, Polled};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -297,7 +298,7 @@ impl Schedule {
 }
 
 pub struct Engine {
-    kube: Client,
+    credentials: Credentials,
     pub client: UpstreamClient,
     cache: Cache,
     metrics: EngineMetrics,
@@ -312,14 +313,15 @@ const RESCAN_EVERY: Duration = Duration::from_secs(30);
 const RECHECK_AFTER: Duration = Duration::from_secs(30);
 
 impl Engine {
-    pub fn new(kube: Client, config: EngineConfig, metrics: EngineMetrics) -> Result<Self, String> {
+    /// `credentials`: how polls read their tokens ([`Credentials::watched`] in the operator).
+    pub fn new(credentials: Credentials, config: EngineConfig, metrics: EngineMetrics) -> Result<Self, String> {
         let cache = match &config.redis_url {
             Some(url) => Cache::redis(url, &config.redis_prefix, metrics.cache.clone())?,
             None => Cache::memory(metrics.cache.clone()),
         };
         let client = UpstreamClient::new(config.client.clone(), cache.clone(), metrics.upstream.clone());
         Ok(Self {
-            kube,
+            credentials,
             client,
             cache,
             metrics,
@@ -535,7 +537,7 @@ impl Engine {
         binding: &ToolBinding,
     ) -> Result<(providers::Snapshot, Option<RateLimitStatus>), (ProviderError, Option<RateLimitStatus>)> {
         let target = credential::Target::for_binding(binding);
-        let token = credential::read(&self.kube, &target).await.map_err(|e| (e.into(), None))?;
+        let token = self.credentials.read(&target).await.map_err(|e| (e.into(), None))?;
         let credential = Credential::new(binding.spec.provider, token.expose()).map_err(|e| (e, None))?;
         drop(token);
         let endpoint = binding.spec.endpoint.as_deref().or(providers::default_endpoint(binding.spec.provider)).unwrap_or_default();
@@ -744,8 +746,8 @@ mod tests {
             let (workspaces, mut workspaces_writer) = reflector::store::<Workspace>();
             workspaces_writer.apply_watcher_event(&watcher::Event::Apply(ws.clone()));
             // No API server: a poll fails at reading its credential, and is finished all the same.
-            let kube = Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
-            let engine = Arc::new(Engine::new(kube, EngineConfig::default(), EngineMetrics::register(&mut Registry::default())).unwrap());
+            let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+            let engine = Arc::new(Engine::new(Credentials::direct(kube), EngineConfig::default(), EngineMetrics::register(&mut Registry::default())).unwrap());
             let (wake, _woken) = mpsc::channel(16);
             let run = tokio::spawn(engine.clone().run(bindings, workspaces, wake, fence));
             tokio::time::sleep(Duration::from_millis(2500)).await;

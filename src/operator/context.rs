@@ -8,6 +8,7 @@ use crate::api::{ToolBinding, Workspace};
 use crate::engine::Engine;
 use crate::lease::Fence;
 use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
+use crate::providers::credential::Credentials;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Service, ServiceAccount};
@@ -52,13 +53,21 @@ pub struct Context {
     pub resync: Duration,
     /// The aggregation engine, when polling is on.
     pub engine: Option<Arc<Engine>>,
+    /// How bindings' credentials are read (shared with the engine).
+    pub credentials: Credentials,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     pub fn new(client: Client, stores: Stores, build: BuildConfig, fence: Fence, metrics: Metrics, resync: Duration) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Self { client, stores, build, fence, metrics, reporter, resync, engine: None, failures: Mutex::new(HashMap::new()) }
+        let credentials = Credentials::direct(client.clone());
+        Self { client, stores, build, fence, metrics, reporter, resync, engine: None, credentials, failures: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     pub fn with_engine(mut self, engine: Option<Arc<Engine>>) -> Self {

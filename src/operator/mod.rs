@@ -20,10 +20,11 @@ use crate::engine::{Engine, EngineConfig};
 use crate::lease::{Fence, FenceLayer, LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use cached::Cached;
+use crate::providers::credential::{self, Credentials};
 use children::{BuildConfig, MANAGED_BY};
 use context::{Context, Stores, object_key};
 use error::Error;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
@@ -197,8 +198,14 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
         ingresses,
         pod_disruption_budgets: pdbs,
     };
+    // Opted-in Secrets' metadata: the credential checks read it instead of the API server,
+    // and a change re-checks the bindings naming the Secret (deletes included, so a removed
+    // label is noticed at once). The binding controller drives the watch.
+    let (opted_in_secrets, secrets_writer) = kube::runtime::reflector::store();
+    let secret_changes = scope.merged_watch::<PartialObjectMeta<Secret>>(credential::opted_in()).reflect(secrets_writer).touched_objects();
+    let credentials = Credentials::watched(client.clone(), opted_in_secrets.clone());
     let engine = match &config.engine {
-        Some(engine_config) => match Engine::new(client.clone(), engine_config.clone(), metrics.engine.clone()) {
+        Some(engine_config) => match Engine::new(credentials.clone(), engine_config.clone(), metrics.engine.clone()) {
             Ok(engine) => Some(Arc::new(engine)),
             Err(error) => {
                 tracing::error!(%error, "failed to start the aggregation engine; polling is off");
@@ -213,7 +220,9 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
     // meanwhile (the shared caches must not wait for them); their reconciles wait here.
     let (synced_tx, synced_rx) = watch::channel(false);
     let ctx = Arc::new(
-        Context::new(client.clone(), stores.clone(), config.build.clone(), fence, metrics, config.resync).with_engine(engine.clone()),
+        Context::new(client.clone(), stores.clone(), config.build.clone(), fence, metrics, config.resync)
+            .with_engine(engine.clone())
+            .with_credentials(credentials),
     );
     // The engine wakes the ToolBinding controller when a poll finished.
     let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<ObjectRef<ToolBinding>>(1024);
@@ -260,7 +269,6 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
         .run(after(synced_rx.clone(), workspace::reconcile), error_policy::<Workspace>, ctx.clone())
         .for_each(log_result("workspace"));
 
-    let secret_triggers = secret_metadata_changes(scope.clone());
     let bindings_for_secret = bindings.clone();
     let bindings_for_workspace = bindings.clone();
     let mut new_specs = SpecChanges::default();
@@ -278,7 +286,7 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
                 b.namespace().as_deref() == Some(ns.as_str()) && b.spec.workspace_ref.name == name
             })
         })
-        .watches_stream(secret_triggers, move |secret: PartialObjectMeta<Secret>| {
+        .watches_stream(secret_changes, move |secret: PartialObjectMeta<Secret>| {
             let ns = secret.namespace().unwrap_or_default();
             let name = secret.name_any();
             referencing(&bindings_for_secret, move |b| {
@@ -292,6 +300,7 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
 
     let mark_synced = async move {
         caches_synced(&stores).await;
+        let _ = opted_in_secrets.wait_until_ready().await;
         tracing::info!("caches synced");
         let _ = synced_tx.send(true);
         readiness.set(true);
@@ -368,15 +377,6 @@ async fn caches_synced(stores: &Stores) {
         stores.pod_disruption_budgets.wait_until_ready().boxed(),
     ])
     .await;
-}
-
-/// Changes of opted-in Secrets, metadata only (`PartialObjectMeta` makes kube ask for
-/// metadata): no values, and of unlabelled Secrets not even the names. A label removed or
-/// added shows up as a delete or an add, so the bindings naming the Secret are re-checked.
-fn secret_metadata_changes(scope: Scope) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send {
-    let opted_in = watcher::Config::default().labels(&format!("{}=true", crate::providers::credential::LABEL));
-    // Triggers only, no store: the namespaces' watches are simply interleaved.
-    futures::stream::select_all(scope.watches::<PartialObjectMeta<Secret>>(opted_in).into_iter().map(|(_, w)| w)).touched_objects()
 }
 
 fn referencing(store: &Store<ToolBinding>, matches: impl Fn(&ToolBinding) -> bool) -> Vec<ObjectRef<ToolBinding>> {

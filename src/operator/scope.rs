@@ -54,6 +54,18 @@ impl Scope {
             .collect()
     }
 
+    /// The watches of `K` in scope as one stream a reflector can own.
+    pub fn merged_watch<K>(&self, config: watcher::Config) -> BoxStream<'static, Item<K>>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
+        let mut watches = self.watches::<K>(config);
+        match watches.len() {
+            1 => watches.remove(0).1,
+            _ => merge_namespaces(watches).boxed(),
+        }
+    }
+
     /// A shared watch cache of `K` in scope, and the future that keeps it current.
     pub fn shared_cache<K>(
         &self,
@@ -66,12 +78,7 @@ impl Scope {
         let first = writer.subscribe().expect("shared stores hand out subscribers");
         let second = writer.subscribe().expect("shared stores hand out subscribers");
         let kind = K::kind(&()).to_string();
-        let mut watches = self.watches::<K>(config);
-        let events = match watches.len() {
-            1 => watches.remove(0).1,
-            _ => merge_namespaces(watches).boxed(),
-        };
-        let drive = events.reflect_shared(writer).for_each(move |event| {
+        let drive = self.merged_watch::<K>(config).reflect_shared(writer).for_each(move |event| {
             if let Err(error) = event {
                 tracing::warn!(%error, kind = %kind, "watch failed; retrying");
             }

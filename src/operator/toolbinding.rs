@@ -11,7 +11,7 @@ use crate::api::toolbinding::RateLimitStatus;
 use crate::api::{ToolBinding, ToolBindingStatus, Workspace, duration};
 use crate::engine::Engine;
 use crate::engine::status::{LastPoll, SyncRecord, compose};
-use crate::providers::credential::{self, Problem, ReadError, Target};
+use crate::providers::credential::{Problem, ReadError, Target};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -70,7 +70,7 @@ async fn reconcile_inner(binding: &ToolBinding, ctx: &Context) -> Result<Action,
     let workspace_found =
         ctx.stores.workspaces.get(&ObjectRef::<Workspace>::new(&binding.spec.workspace_ref.name).within(&namespace)).is_some();
     // The token itself is dropped at once: validation only needs to know it is usable.
-    let credentials = match credential::read(&ctx.client, &Target::for_binding(binding)).await {
+    let credentials = match ctx.credentials.read(&Target::for_binding(binding)).await {
         Ok(_token) => Ok(()),
         Err(ReadError::Problem(problem)) => Err(problem),
         Err(error) => return Err(Error::ReadSecret(error)),
@@ -179,6 +179,7 @@ async fn publish_transitions(binding: &ToolBinding, ctx: &Context, previous: &To
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::credential;
 
     fn binding() -> ToolBinding {
         serde_norway::from_str(include_str!("../../tests/fixtures/toolbinding-github.yaml")).unwrap()

@@ -13,9 +13,12 @@
 use crate::api::{Provider, ToolBinding};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PartialObjectMeta};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The label that opts a Secret in as a credential.
@@ -109,6 +112,7 @@ impl Problem {
 }
 
 /// A token read from a Secret; its `Debug` never shows it.
+#[derive(Clone)]
 pub struct Token(String);
 
 impl Token {
@@ -213,12 +217,101 @@ impl From<ReadError> for super::ProviderError {
     }
 }
 
-/// Reads the binding's credential: the Secret's metadata, selected by name and label, is
-/// checked first; only then is the Secret itself listed, again selected by the label, and
-/// checked again (it may have changed in between).
-pub async fn read(client: &Client, target: &Target) -> Result<Token, ReadError> {
+/// The watch that feeds [`Credentials::watched`]: opted-in Secrets only.
+pub fn opted_in() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{LABEL}=true"))
+}
+
+/// Reads bindings' credentials.
+///
+/// Watched ([`Credentials::watched`], the operator): the label and endpoint checks run on the
+/// operator's watch of the opted-in Secrets' metadata, and a Secret's value is fetched (a LIST
+/// selecting the label and the name) only when the watch shows a resourceVersion it has not
+/// been read at; until then the outcome of the last read of that key is reused. So a converged
+/// operator makes no Secret request per reconcile or per poll, and an edited, relabelled or
+/// deleted Secret is noticed as soon as the watch delivers it. The token kept for reuse lives
+/// in this process's memory only, and is dropped when its Secret leaves the watch.
+///
+/// Direct ([`Credentials::direct`]): every read asks the API server, metadata first.
+#[derive(Clone)]
+pub struct Credentials {
+    client: Client,
+    opted_in: Option<Store<PartialObjectMeta<Secret>>>,
+    values: Arc<Mutex<HashMap<ValueKey, ReadValue>>>,
+}
+
+/// Namespace, Secret, key.
+type ValueKey = (String, String, String);
+
+/// A key's value check, at the Secret's resourceVersion it was read at.
+struct ReadValue {
+    resource_version: Option<String>,
+    outcome: Result<Token, Problem>,
+}
+
+impl Credentials {
+    pub fn direct(client: Client) -> Self {
+        Self { client, opted_in: None, values: Arc::default() }
+    }
+
+    /// `opted_in`: a store fed by a metadata watch with [`opted_in`]'s selector.
+    pub fn watched(client: Client, opted_in: Store<PartialObjectMeta<Secret>>) -> Self {
+        Self { client, opted_in: Some(opted_in), values: Arc::default() }
+    }
+
+    /// The binding's credential: label, then endpoint, then key and value.
+    pub async fn read(&self, target: &Target) -> Result<Token, ReadError> {
+        let Some(store) = &self.opted_in else { return read_direct(&self.client, target).await };
+        let key = (target.namespace.clone(), target.secret.clone(), target.key.clone());
+        let Some(meta) = store.get(&ObjectRef::new(&target.secret).within(&target.namespace)) else {
+            self.forget_secret(&target.namespace, &target.secret);
+            return Err(not_opted_in(target).into());
+        };
+        check_metadata(target, meta.labels(), meta.annotations())?;
+        if let Some(known) = self.values.lock().expect("credential values lock").get(&key)
+            && known.resource_version == meta.metadata.resource_version
+        {
+            return Ok(known.outcome.clone()?);
+        }
+        let secret = list_opted_in(&self.client, target).await?;
+        let Some(secret) = secret else {
+            self.forget_secret(&target.namespace, &target.secret);
+            return Err(not_opted_in(target).into());
+        };
+        // The Secret as listed may be newer than the watch: its own metadata decides.
+        check_metadata(target, secret.labels(), secret.annotations())?;
+        let outcome = check_value(target, secret.data.as_ref());
+        let read = ReadValue { resource_version: secret.metadata.resource_version.clone(), outcome: outcome.clone() };
+        self.values.lock().expect("credential values lock").insert(key, read);
+        Ok(outcome?)
+    }
+
+    fn forget_secret(&self, namespace: &str, secret: &str) {
+        self.values.lock().expect("credential values lock").retain(|(ns, name, _), _| !(ns == namespace && name == secret));
+    }
+}
+
+fn list_params(target: &Target) -> ListParams {
+    ListParams::default().labels(&format!("{LABEL}=true")).fields(&format!("metadata.name={}", target.secret))
+}
+
+/// The opted-in Secret, value included, selected by the label and its name.
+async fn list_opted_in(client: &Client, target: &Target) -> Result<Option<Secret>, ReadError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
-    let params = ListParams::default().labels(&format!("{LABEL}=true")).fields(&format!("metadata.name={}", target.secret));
+    let params = list_params(target);
+    match tokio::time::timeout(READ_TIMEOUT, secrets.list(&params)).await {
+        Ok(Ok(list)) => Ok(list.items.into_iter().next()),
+        Ok(Err(source)) => Err(ReadError::Api { secret: target.secret.clone(), source }),
+        Err(_) => Err(ReadError::Timeout { secret: target.secret.clone() }),
+    }
+}
+
+/// Without a watch: the Secret's metadata, selected by name and label, is checked first; only
+/// then is the Secret itself listed, again selected by the label, and checked again (it may
+/// have changed in between).
+async fn read_direct(client: &Client, target: &Target) -> Result<Token, ReadError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
+    let params = list_params(target);
     let api_error = |source| ReadError::Api { secret: target.secret.clone(), source };
     let read = async {
         let metadata = secrets.list_metadata(&params).await.map_err(api_error)?;
@@ -233,6 +326,7 @@ pub async fn read(client: &Client, target: &Target) -> Result<Token, ReadError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     fn target(provider: Provider, endpoint: &str) -> Target {
         Target { namespace: "team-a".into(), secret: "tok".into(), key: "token".into(), provider, endpoint: url::Url::parse(endpoint).ok() }
@@ -356,5 +450,91 @@ mod tests {
             let p = check(&target(Provider::Github, "https://api.github.com"), Some(&s)).unwrap_err();
             assert!(!p.to_string().contains(value));
         }
+    }
+
+    /// The API server as the credential reader sees it: a Secret LIST answers with `answer`'s
+    /// current Secret (or none); every request is counted.
+    fn fake_api(answer: Arc<Mutex<Option<Secret>>>) -> (Client, Arc<Mutex<Vec<String>>>) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = asked.clone();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                log.lock().unwrap().push(format!("{} {}?{}", request.method(), request.uri().path(), request.uri().query().unwrap_or_default()));
+                let items: Vec<Secret> = answer.lock().unwrap().iter().cloned().collect();
+                let list = serde_json::json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {"resourceVersion": "9"}, "items": items});
+                send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&list).unwrap())).unwrap());
+            }
+        });
+        (Client::new(service, "default"), asked)
+    }
+
+    fn versioned(mut secret: Secret, version: &str) -> Secret {
+        secret.metadata.namespace = Some("team-a".into());
+        secret.metadata.resource_version = Some(version.into());
+        secret
+    }
+
+    fn metadata(secret: &Secret) -> PartialObjectMeta<Secret> {
+        PartialObjectMeta { types: None, metadata: secret.metadata.clone(), _phantom: Default::default() }
+    }
+
+    /// A converged operator asks the API server nothing per read; an edit, a label removed or a
+    /// deletion (as the watch reports them) is seen at the next read.
+    #[tokio::test]
+    async fn a_secret_is_read_once_per_version_and_its_changes_are_seen_at_once() {
+        let t = target(Provider::Github, "https://api.github.com");
+        let v1 = versioned(secret(true, None, &[("token", "ghp_one")]), "1");
+        let answer = Arc::new(Mutex::new(Some(v1.clone())));
+        let (client, asked) = fake_api(answer.clone());
+        let (store, mut watch) = kube::runtime::reflector::store::<PartialObjectMeta<Secret>>();
+        watch.apply_watcher_event(&watcher::Event::Apply(metadata(&v1)));
+        let credentials = Credentials::watched(client, store);
+        let requests = || std::mem::take(&mut *asked.lock().unwrap());
+
+        assert_eq!(credentials.read(&t).await.unwrap().expose(), "ghp_one");
+        let first = requests();
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert!(first[0].contains("labelSelector=hyperpage.dev%2Fcredential%3Dtrue") && first[0].contains("metadata.name%3Dtok"), "{first:?}");
+        for _ in 0..3 {
+            assert_eq!(credentials.read(&t).await.unwrap().expose(), "ghp_one");
+        }
+        assert!(requests().is_empty(), "an unchanged Secret is not read again");
+
+        // The same Secret for an endpoint it is not pinned to: refused on the watched metadata.
+        let elsewhere = credentials.read(&target(Provider::Github, "https://attacker.example")).await.unwrap_err();
+        assert!(matches!(elsewhere, ReadError::Problem(Problem::EndpointNotAllowed { .. })), "{elsewhere}");
+        assert!(requests().is_empty());
+
+        // Edited: a new version, read once.
+        let v2 = versioned(secret(true, None, &[("token", "ghp_two")]), "2");
+        *answer.lock().unwrap() = Some(v2.clone());
+        watch.apply_watcher_event(&watcher::Event::Apply(metadata(&v2)));
+        assert_eq!(credentials.read(&t).await.unwrap().expose(), "ghp_two");
+        assert_eq!(credentials.read(&t).await.unwrap().expose(), "ghp_two");
+        assert_eq!(requests().len(), 1);
+
+        // A key problem is remembered for the version too, and the message is the same.
+        let other_key = Target { key: "missing".into(), ..t.clone() };
+        let missing = credentials.read(&other_key).await.unwrap_err().to_string();
+        assert_eq!(credentials.read(&other_key).await.unwrap_err().to_string(), missing);
+        assert_eq!(requests().len(), 1);
+
+        // Label removed (the labelled watch reports a delete): refused at once, without a request.
+        watch.apply_watcher_event(&watcher::Event::Delete(metadata(&v2)));
+        let gone = credentials.read(&t).await.unwrap_err();
+        assert!(matches!(gone, ReadError::Problem(Problem::NotOptedIn { .. })), "{gone}");
+        assert!(requests().is_empty());
+        assert!(credentials.values.lock().unwrap().is_empty(), "nothing of the Secret is kept once it left the watch");
+
+        // The watch is behind: it still shows the label the Secret no longer has.
+        let unlabelled = versioned(secret(false, None, &[("token", "ghp_three")]), "3");
+        *answer.lock().unwrap() = None;
+        watch.apply_watcher_event(&watcher::Event::Apply(metadata(&versioned(secret(true, None, &[]), "3"))));
+        let refused = credentials.read(&t).await.unwrap_err();
+        assert!(matches!(refused, ReadError::Problem(Problem::NotOptedIn { .. })), "{refused}");
+        assert_eq!(refused.to_string(), check(&t, Some(&unlabelled)).unwrap_err().to_string(), "the same answer as for a missing Secret");
     }
 }
