@@ -150,22 +150,14 @@ pub fn needs_write(previous: &ToolBindingStatus, new: &ToolBindingStatus, heartb
     stored_age.is_none_or(|age| age >= jiff::SignedDuration::try_from(heartbeat).unwrap_or(jiff::SignedDuration::MAX))
 }
 
-/// One Event per change of state (the first condition naming a reason speaks for it), and
-/// one when pipelines start failing.
+/// Events for a change of state: one Warning per problem that appeared (conditions naming the
+/// same reason speak once), and one Normal Event for good news however many conditions it
+/// turned (a new binding found its Secret and became Ready: one Event, Ready's), plus one when
+/// pipelines start failing.
 async fn publish_transitions(binding: &ToolBinding, ctx: &Context, previous: &ToolBindingStatus, status: &ToolBindingStatus) {
     let reference = binding.object_ref(&());
-    let mut told = std::collections::HashSet::new();
-    for type_ in [CREDENTIALS_VALID, RATE_LIMITED, SYNCED, READY] {
-        let Some(now) = conditions::find(&status.conditions, type_) else { continue };
-        let before = conditions::find(&previous.conditions, type_);
-        if before.map(|c| (&c.status, &c.reason)) == Some((&now.status, &now.reason)) || now.status == "Unknown" {
-            continue;
-        }
-        if !told.insert(now.reason.clone()) {
-            continue;
-        }
-        let warning = if type_ == RATE_LIMITED { now.status == "True" } else { now.status != "True" };
-        ctx.publish_event(CONTROLLER, &reference, warning, &now.reason, now.message.clone(), "Sync").await;
+    for (warning, reason, message) in transitions(previous, status) {
+        ctx.publish_event(CONTROLLER, &reference, warning, &reason, message, "Sync").await;
     }
     let failing = |s: &ToolBindingStatus| s.summary.as_ref().map_or(0, |s| s.failing_pipelines);
     if failing(status) > failing(previous) {
@@ -174,6 +166,28 @@ async fn publish_transitions(binding: &ToolBinding, ctx: &Context, previous: &To
         let note = format!("{} pipelines failing (was {}): {}", failing(status), failing(previous), names.join(", "));
         ctx.publish_event(CONTROLLER, &reference, true, "PipelineFailing", note, "Sync").await;
     }
+}
+
+/// The Events a status change deserves (pure): `(warning, reason, message)`, warnings first.
+fn transitions(previous: &ToolBindingStatus, status: &ToolBindingStatus) -> Vec<(bool, String, String)> {
+    let mut warnings: Vec<(bool, String, String)> = Vec::new();
+    let mut good_news = None;
+    for type_ in [CREDENTIALS_VALID, RATE_LIMITED, SYNCED, READY] {
+        let Some(now) = conditions::find(&status.conditions, type_) else { continue };
+        let before = conditions::find(&previous.conditions, type_);
+        if before.map(|c| (&c.status, &c.reason)) == Some((&now.status, &now.reason)) || now.status == "Unknown" {
+            continue;
+        }
+        let warning = if type_ == RATE_LIMITED { now.status == "True" } else { now.status != "True" };
+        if !warning {
+            // Ready comes last: when it turned, it speaks for the rest.
+            good_news = Some((false, now.reason.clone(), now.message.clone()));
+        } else if !warnings.iter().any(|(_, reason, _)| *reason == now.reason) {
+            warnings.push((true, now.reason.clone(), now.message.clone()));
+        }
+    }
+    warnings.extend(good_news.filter(|(_, reason, _)| !warnings.iter().any(|(_, r, _)| r == reason)));
+    warnings
 }
 
 #[cfg(test)]
@@ -208,6 +222,28 @@ mod tests {
         assert_eq!(c[1].reason, "KeyNotFound");
         let c = validate(&b, true, &Ok(()));
         assert!(c.iter().all(|c| c.is_true()));
+    }
+
+    #[test]
+    fn a_new_ready_binding_gets_one_event_and_each_problem_its_own() {
+        let b = binding();
+        let now = Time(jiff::Timestamp::now());
+        let status_of = |desired: &[DesiredCondition], previous: &ToolBindingStatus| binding_status(&b, previous, desired, None, &now);
+        let fresh = ToolBindingStatus::default();
+        let ready = status_of(&validate(&b, true, &Ok(())), &fresh);
+        let events = transitions(&fresh, &ready);
+        assert_eq!(events.iter().map(|e| (e.0, e.1.as_str())).collect::<Vec<_>>(), [(false, "Configured")]);
+        assert!(transitions(&ready, &ready).is_empty(), "no change, no Event");
+
+        let target = Target::for_binding(&b);
+        let unlabelled = status_of(&validate(&b, true, &Err(problem(&target, false))), &ready);
+        let events = transitions(&ready, &unlabelled);
+        assert_eq!(events.iter().map(|e| (e.0, e.1.as_str())).collect::<Vec<_>>(), [(true, "SecretNotOptedIn")], "one reason, one Event");
+        let no_workspace = status_of(&validate(&b, false, &Err(problem(&target, true))), &ready);
+        let events = transitions(&ready, &no_workspace);
+        assert_eq!(events.iter().map(|e| (e.0, e.1.as_str())).collect::<Vec<_>>(), [(true, "KeyNotFound"), (true, "WorkspaceNotFound")]);
+        let recovered = status_of(&validate(&b, true, &Ok(())), &no_workspace);
+        assert_eq!(transitions(&no_workspace, &recovered).iter().map(|e| e.1.as_str()).collect::<Vec<_>>(), ["Configured"]);
     }
 
     /// N bindings sharing a token must not mean N status writes per interval: the quota's

@@ -206,6 +206,9 @@ async fn write_status(ws: &Workspace, ctx: &Context, status: WorkspaceStatus) ->
     let was = conditions::find(&previous.conditions, READY);
     if let Some(now) = conditions::find(&status.conditions, READY)
         && was.map(|c| (&c.status, &c.reason)) != Some((&now.status, &now.reason))
+        // A new Workspace rolling out its first portal is not news (its Deployment says so);
+        // reaching PortalAvailable is, and so is a later rollout.
+        && !(was.is_none() && now.reason == "RollingOut")
     {
         let warning = now.status != "True" && now.reason != "RollingOut";
         ctx.publish_event(CONTROLLER, &ws.object_ref(&()), warning, &now.reason, now.message.clone(), "Reconcile").await;

@@ -642,7 +642,7 @@ async fn the_charts_service_account_runs_the_operator_and_can_do_nothing_else() 
         (kinds.contains("Workspace") && kinds.contains("ToolBinding")).then_some(ours)
     })
     .await;
-    assert!(events.iter().any(|e| e.reason.as_deref() == Some("SecretFound")));
+    assert!(events.iter().any(|e| e.reason.as_deref() == Some("Configured")));
     let holder = kubectl(&["get", "lease", lease, "-n", LEASE_NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}"]);
     assert_eq!(holder, "chart-sa");
 
