@@ -269,7 +269,8 @@ async fn a_poll_whose_status_died_with_its_leader_is_not_repeated() {
         // No API server: the poll fails at reading the credential, and is recorded all the same.
         let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
         let config = EngineConfig { redis_url: Some(redis.url()), redis_prefix: "test-polled".into(), ..EngineConfig::default() };
-        Engine::new(hyperpage::providers::credential::Credentials::direct(kube), config, EngineMetrics::register(&mut Default::default())).unwrap()
+        Engine::new(hyperpage::providers::credential::Credentials::direct(kube), config, EngineMetrics::register(&mut Default::default()))
+            .unwrap()
     };
     let mut binding: ToolBinding = serde_norway::from_str(include_str!("fixtures/toolbinding-github.yaml")).unwrap();
     binding.metadata.generation = Some(1);

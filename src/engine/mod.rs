@@ -13,13 +13,13 @@ use crate::api::duration::{self, DEFAULT_REFRESH_INTERVAL};
 use crate::api::toolbinding::RateLimitStatus;
 use crate::api::{ToolBinding, Workspace};
 use crate::lease::Fence;
-use crate::providers::http::{ClientConfig, UpstreamClient, UpstreamMetrics};
 use crate::providers::credential::{self, Credentials};
+use crate::providers::http::{ClientConfig, UpstreamClient, UpstreamMetrics};
 use crate::providers::{self, Budget, Credential, PollRequest, ProviderError, Scope};
 use cache::{Cache, CacheMetrics, Polled};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -747,7 +747,9 @@ mod tests {
             workspaces_writer.apply_watcher_event(&watcher::Event::Apply(ws.clone()));
             // No API server: a poll fails at reading its credential, and is finished all the same.
             let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
-            let engine = Arc::new(Engine::new(Credentials::direct(kube), EngineConfig::default(), EngineMetrics::register(&mut Registry::default())).unwrap());
+            let engine = Arc::new(
+                Engine::new(Credentials::direct(kube), EngineConfig::default(), EngineMetrics::register(&mut Registry::default())).unwrap(),
+            );
             let (wake, _woken) = mpsc::channel(16);
             let run = tokio::spawn(engine.clone().run(bindings, workspaces, wake, fence));
             tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -462,9 +462,15 @@ mod tests {
         let log = asked.clone();
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
-                log.lock().unwrap().push(format!("{} {}?{}", request.method(), request.uri().path(), request.uri().query().unwrap_or_default()));
+                log.lock().unwrap().push(format!(
+                    "{} {}?{}",
+                    request.method(),
+                    request.uri().path(),
+                    request.uri().query().unwrap_or_default()
+                ));
                 let items: Vec<Secret> = answer.lock().unwrap().iter().cloned().collect();
-                let list = serde_json::json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {"resourceVersion": "9"}, "items": items});
+                let list =
+                    serde_json::json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {"resourceVersion": "9"}, "items": items});
                 send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&list).unwrap())).unwrap());
             }
         });
@@ -497,7 +503,10 @@ mod tests {
         assert_eq!(credentials.read(&t).await.unwrap().expose(), "ghp_one");
         let first = requests();
         assert_eq!(first.len(), 1, "{first:?}");
-        assert!(first[0].contains("labelSelector=hyperpage.dev%2Fcredential%3Dtrue") && first[0].contains("metadata.name%3Dtok"), "{first:?}");
+        assert!(
+            first[0].contains("labelSelector=hyperpage.dev%2Fcredential%3Dtrue") && first[0].contains("metadata.name%3Dtok"),
+            "{first:?}"
+        );
         for _ in 0..3 {
             assert_eq!(credentials.read(&t).await.unwrap().expose(), "ghp_one");
         }
