@@ -248,7 +248,15 @@ start() {
     log "starting $name"
     # Close the lock fds: a daemon inheriting them would hold the locks forever.
     setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null 8>&- 9>&- &
-    echo $! >"$PIDS/$name"
+    local pid=$! i
+    echo "$pid" >"$PIDS/$name"
+    # Until the forked shell has exec'd the component, its cmdline is this script's and
+    # alive() would call it dead (a loaded machine once failed "registry exited" this way).
+    for ((i = 0; i < 200; i++)); do
+        [[ $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") == *"/$name "* ]] && return 0
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.05
+    done
 }
 
 fail_with_log() {
