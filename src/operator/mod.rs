@@ -33,9 +33,9 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use scope::Scope;
+use scope::{Scope, WarmCache};
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,6 +113,9 @@ pub async fn run(kube_config: kube::Config, config: OperatorConfig) -> Result<()
     // client, so a write queued before a freeze is not sent after it; the Lease client is not fenced.
     let fenced_client = kube::client::ClientBuilder::try_from(kube_config)?.with_layer(&FenceLayer(fence.clone())).build();
 
+    // Every replica keeps the watch caches from its start (reads pass the fence).
+    let (caches, drives) = Caches::start(&Scope::new(fenced_client.clone(), config.watch_namespaces.clone()));
+    let drives = tokio::spawn(drives);
     let mut shutdown = shutdown_rx.clone();
     loop {
         // Standby: healthy and ready, waiting for the Lease.
@@ -123,7 +126,7 @@ pub async fn run(kube_config: kube::Config, config: OperatorConfig) -> Result<()
         }
         readiness.set(false);
         tracing::info!("starting controllers");
-        let controllers = run_controllers(fenced_client.clone(), &config, fence.clone(), metrics.clone(), readiness.clone());
+        let controllers = run_controllers(fenced_client.clone(), &config, &caches, fence.clone(), metrics.clone(), readiness.clone());
         tokio::select! {
             _ = controllers => tracing::warn!("controllers stopped"),
             _ = leading.wait_for(|l| !*l) => tracing::info!("lost leadership; controllers stopped"),
@@ -135,6 +138,7 @@ pub async fn run(kube_config: kube::Config, config: OperatorConfig) -> Result<()
         }
     }
     fence.close();
+    drives.abort();
     if let Some(task) = elector_task {
         // The elector releases the Lease on shutdown; give it a moment to do so.
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -159,50 +163,90 @@ fn managed_children() -> watcher::Config {
     watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
 }
 
-/// Runs both controllers until dropped.
-async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, metrics: Metrics, readiness: Readiness) {
-    let scope = Scope::new(client.clone(), config.watch_namespaces.clone());
-    let all = watcher::Config::default;
-    let (workspaces, ws_for_ws, ws_for_tb, ws_drive) = scope.shared_cache::<Workspace>(all());
-    let (bindings, tb_for_tb, tb_for_ws, tb_drive) = scope.shared_cache::<ToolBinding>(all());
-    let (deployments, deploy_sub, _, deploy_drive) = scope.shared_cache::<Cached<Deployment>>(managed_children());
-    let (services, svc_sub, _, svc_drive) = scope.shared_cache::<Cached<Service>>(managed_children());
-    let (service_accounts, sa_sub, _, sa_drive) = scope.shared_cache::<Cached<ServiceAccount>>(managed_children());
-    let (roles, role_sub, _, role_drive) = scope.shared_cache::<Cached<Role>>(managed_children());
-    let (role_bindings, rb_sub, _, rb_drive) = scope.shared_cache::<Cached<RoleBinding>>(managed_children());
-    let (network_policies, np_sub, _, np_drive) = scope.shared_cache::<Cached<NetworkPolicy>>(managed_children());
-    let (ingresses, ing_sub, _, ing_drive) = scope.shared_cache::<Cached<Ingress>>(managed_children());
-    let (pdbs, pdb_sub, _, pdb_drive) = scope.shared_cache::<Cached<PodDisruptionBudget>>(managed_children());
-    let drives = futures::future::join_all(vec![
-        ws_drive.boxed(),
-        tb_drive.boxed(),
-        deploy_drive.boxed(),
-        svc_drive.boxed(),
-        sa_drive.boxed(),
-        role_drive.boxed(),
-        rb_drive.boxed(),
-        np_drive.boxed(),
-        ing_drive.boxed(),
-        pdb_drive.boxed(),
-    ]);
+/// The watch caches, kept for the life of the process on every replica: a standby that takes
+/// over has nothing to list, and its first pass over the objects finds them all current.
+struct Caches {
+    workspaces: WarmCache<Workspace>,
+    bindings: WarmCache<ToolBinding>,
+    deployments: WarmCache<Cached<Deployment>>,
+    services: WarmCache<Cached<Service>>,
+    service_accounts: WarmCache<Cached<ServiceAccount>>,
+    roles: WarmCache<Cached<Role>>,
+    role_bindings: WarmCache<Cached<RoleBinding>>,
+    network_policies: WarmCache<Cached<NetworkPolicy>>,
+    ingresses: WarmCache<Cached<Ingress>>,
+    pod_disruption_budgets: WarmCache<Cached<PodDisruptionBudget>>,
+    /// Opted-in Secrets' metadata: the credential checks read it instead of the API server,
+    /// and a change (deletes included) re-checks the bindings naming the Secret.
+    opted_in_secrets: WarmCache<PartialObjectMeta<Secret>>,
+}
 
-    let stores = Stores {
-        workspaces: workspaces.clone(),
-        bindings: bindings.clone(),
-        deployments,
-        services,
-        service_accounts,
-        roles,
-        role_bindings,
-        network_policies,
-        ingresses,
-        pod_disruption_budgets: pdbs,
-    };
-    // Opted-in Secrets' metadata: the credential checks read it instead of the API server,
-    // and a change re-checks the bindings naming the Secret (deletes included, so a removed
-    // label is noticed at once). The binding controller drives the watch.
-    let (opted_in_secrets, secrets_writer) = kube::runtime::reflector::store();
-    let secret_changes = scope.merged_watch::<PartialObjectMeta<Secret>>(credential::opted_in()).reflect(secrets_writer).touched_objects();
+impl Caches {
+    /// The caches, and the future that keeps them all current.
+    fn start(scope: &Scope) -> (Self, impl std::future::Future<Output = ()> + Send + use<>) {
+        let all = watcher::Config::default;
+        let (workspaces, ws) = scope.warm_cache(all());
+        let (bindings, tb) = scope.warm_cache(all());
+        let (deployments, deploy) = scope.warm_cache(managed_children());
+        let (services, svc) = scope.warm_cache(managed_children());
+        let (service_accounts, sa) = scope.warm_cache(managed_children());
+        let (roles, role) = scope.warm_cache(managed_children());
+        let (role_bindings, rb) = scope.warm_cache(managed_children());
+        let (network_policies, np) = scope.warm_cache(managed_children());
+        let (ingresses, ing) = scope.warm_cache(managed_children());
+        let (pod_disruption_budgets, pdb) = scope.warm_cache(managed_children());
+        let (opted_in_secrets, secrets) = scope.warm_cache(credential::opted_in());
+        let drives = futures::future::join_all(vec![
+            ws.boxed(),
+            tb.boxed(),
+            deploy.boxed(),
+            svc.boxed(),
+            sa.boxed(),
+            role.boxed(),
+            rb.boxed(),
+            np.boxed(),
+            ing.boxed(),
+            pdb.boxed(),
+            secrets.boxed(),
+        ])
+        .map(|_| ());
+        let caches = Self {
+            workspaces,
+            bindings,
+            deployments,
+            services,
+            service_accounts,
+            roles,
+            role_bindings,
+            network_policies,
+            ingresses,
+            pod_disruption_budgets,
+            opted_in_secrets,
+        };
+        (caches, drives)
+    }
+
+    fn stores(&self) -> Stores {
+        Stores {
+            workspaces: self.workspaces.store.clone(),
+            bindings: self.bindings.store.clone(),
+            deployments: self.deployments.store.clone(),
+            services: self.services.store.clone(),
+            service_accounts: self.service_accounts.store.clone(),
+            roles: self.roles.store.clone(),
+            role_bindings: self.role_bindings.store.clone(),
+            network_policies: self.network_policies.store.clone(),
+            ingresses: self.ingresses.store.clone(),
+            pod_disruption_budgets: self.pod_disruption_budgets.store.clone(),
+        }
+    }
+}
+
+/// Runs both controllers, the engine and the notifier for one leadership term, until dropped.
+async fn run_controllers(client: Client, config: &OperatorConfig, caches: &Caches, fence: Fence, metrics: Metrics, readiness: Readiness) {
+    let stores = caches.stores();
+    let (workspaces, bindings) = (stores.workspaces.clone(), stores.bindings.clone());
+    let opted_in_secrets = caches.opted_in_secrets.store.clone();
     let credentials = Credentials::watched(client.clone(), opted_in_secrets.clone());
     let engine = match &config.engine {
         Some(engine_config) => match Engine::new(credentials.clone(), engine_config.clone(), metrics.engine.clone()) {
@@ -253,16 +297,16 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
     };
     let controller_config = ControllerConfig::default().concurrency(config.concurrency);
 
-    let workspace_controller = Controller::for_shared_stream(ws_for_ws, workspaces.clone())
-        .owns_shared_stream(deploy_sub)
-        .owns_shared_stream(svc_sub)
-        .owns_shared_stream(sa_sub)
-        .owns_shared_stream(role_sub)
-        .owns_shared_stream(rb_sub)
-        .owns_shared_stream(np_sub)
-        .owns_shared_stream(ing_sub)
-        .owns_shared_stream(pdb_sub)
-        .watches_shared_stream(tb_for_ws, |binding: Arc<ToolBinding>| {
+    let workspace_controller = Controller::for_shared_stream(caches.workspaces.objects(), workspaces.clone())
+        .owns_shared_stream(caches.deployments.objects())
+        .owns_shared_stream(caches.services.objects())
+        .owns_shared_stream(caches.service_accounts.objects())
+        .owns_shared_stream(caches.roles.objects())
+        .owns_shared_stream(caches.role_bindings.objects())
+        .owns_shared_stream(caches.network_policies.objects())
+        .owns_shared_stream(caches.ingresses.objects())
+        .owns_shared_stream(caches.pod_disruption_budgets.objects())
+        .watches_shared_stream(caches.bindings.objects(), |binding: Arc<ToolBinding>| {
             binding.namespace().map(|ns| ObjectRef::<Workspace>::new(&binding.spec.workspace_ref.name).within(&ns))
         })
         .with_config(controller_config.clone())
@@ -273,12 +317,19 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
     let bindings_for_workspace = bindings.clone();
     let mut new_specs = SpecChanges::default();
     let known = workspaces.clone();
-    let ws_spec_changes = ws_for_tb.filter(move |ws| {
-        // Deleted Workspaces are forgotten now and then (shared streams carry no deletes).
+    let ws_spec_changes = caches.workspaces.objects().filter(move |ws| {
+        // Deleted Workspaces are forgotten now and then (the object streams carry no deletes).
         new_specs.prune(|key| key.split_once('/').is_some_and(|(ns, name)| known.get(&ObjectRef::new(name).within(ns)).is_some()));
         std::future::ready(new_specs.changed(object_key(ws.as_ref()), ws.metadata.uid.clone(), ws.metadata.generation))
     });
-    let binding_controller = Controller::for_shared_stream(tb_for_tb, bindings.clone())
+    // A Secret that changed, lost its label or was deleted: the bindings naming it.
+    let secret_changes = caches.opted_in_secrets.changed().flat_map(move |secret| {
+        let ns = secret.namespace.clone().unwrap_or_default();
+        futures::stream::iter(referencing(&bindings_for_secret, move |b| {
+            b.namespace().as_deref() == Some(ns.as_str()) && b.spec.credentials_secret_ref.name == secret.name
+        }))
+    });
+    let binding_controller = Controller::for_shared_stream(caches.bindings.objects(), bindings.clone())
         .watches_shared_stream(ws_spec_changes, move |ws: Arc<Workspace>| {
             let ns = ws.namespace().unwrap_or_default();
             let name = ws.name_any();
@@ -286,13 +337,7 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
                 b.namespace().as_deref() == Some(ns.as_str()) && b.spec.workspace_ref.name == name
             })
         })
-        .watches_stream(secret_changes, move |secret: PartialObjectMeta<Secret>| {
-            let ns = secret.namespace().unwrap_or_default();
-            let name = secret.name_any();
-            referencing(&bindings_for_secret, move |b| {
-                b.namespace().as_deref() == Some(ns.as_str()) && b.spec.credentials_secret_ref.name == name
-            })
-        })
+        .reconcile_on(secret_changes)
         .reconcile_on(wakes)
         .with_config(controller_config)
         .run(after(synced_rx, toolbinding::reconcile), error_policy::<ToolBinding>, ctx.clone())
@@ -308,7 +353,6 @@ async fn run_controllers(client: Client, config: &OperatorConfig, fence: Fence, 
     };
 
     tokio::select! {
-        _ = drives => {}
         _ = workspace_controller => {}
         _ = binding_controller => {}
         _ = mark_synced => {}

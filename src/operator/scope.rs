@@ -11,19 +11,18 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Error, Event, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
+use std::sync::Arc;
+use tokio::sync::broadcast;
 
 type Item<K> = Result<Event<K>, Error>;
 /// One namespace's watch (the namespace is empty for a cluster-wide watch).
 type NamespaceWatch<K> = (String, BoxStream<'static, Item<K>>);
-
-/// Events a slow subscriber may fall behind by before the shared watch waits for it.
-const SUBSCRIBE_BUFFER: usize = 1024;
 
 /// Where the operator looks: the whole cluster, or only the namespaces it was given.
 #[derive(Clone)]
@@ -66,26 +65,88 @@ impl Scope {
         }
     }
 
-    /// A shared watch cache of `K` in scope, and the future that keeps it current.
-    pub fn shared_cache<K>(
-        &self,
-        config: watcher::Config,
-    ) -> (Store<K>, ReflectHandle<K>, ReflectHandle<K>, impl std::future::Future<Output = ()>)
+    /// A watch cache of `K` in scope that lives as long as the process, and the future that
+    /// keeps it current (on every replica: a standby's caches are warm when it takes over).
+    pub fn warm_cache<K>(&self, config: watcher::Config) -> (WarmCache<K>, impl std::future::Future<Output = ()> + Send + use<K>)
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
-        let (reader, writer) = reflector::store_shared(SUBSCRIBE_BUFFER);
-        let first = writer.subscribe().expect("shared stores hand out subscribers");
-        let second = writer.subscribe().expect("shared stores hand out subscribers");
+        let (store, writer) = reflector::store();
+        let (changes, _) = broadcast::channel(CHANGES_BUFFER);
+        let cache = WarmCache { store: store.clone(), changes: changes.clone() };
         let kind = K::kind(&()).to_string();
-        let drive = self.merged_watch::<K>(config).reflect_shared(writer).for_each(move |event| {
-            if let Err(error) = event {
-                tracing::warn!(%error, kind = %kind, "watch failed; retrying");
+        let drive = self.merged_watch::<K>(config).reflect(writer).for_each(move |event| {
+            // Nobody subscribed (a standby) is fine: the store is what is kept.
+            match event {
+                Ok(Event::Apply(object) | Event::Delete(object)) => {
+                    let _ = changes.send(ObjectRef::from_obj(&object));
+                }
+                // A relist may hide changes: every object is news.
+                Ok(Event::InitDone) => {
+                    for object in store.state() {
+                        let _ = changes.send(ObjectRef::from_obj(object.as_ref()));
+                    }
+                }
+                Ok(Event::Init | Event::InitApply(_)) => {}
+                Err(error) => tracing::warn!(%error, kind = %kind, "watch failed; retrying"),
             }
             std::future::ready(())
         });
-        (reader, first, second, drive)
+        (cache, drive)
     }
+}
+
+/// Changes a term's subscriber may fall behind by; one further behind gets every object again.
+const CHANGES_BUFFER: usize = 4096;
+
+/// A watch cache and the changes it sees. Each leadership term takes its own triggers from it
+/// ([`WarmCache::objects`], [`WarmCache::changed`]); nothing waits for a subscriber, so a
+/// standby holding the cache never stalls its watch.
+pub struct WarmCache<K: Resource<DynamicType = ()> + Clone + 'static> {
+    pub store: Store<K>,
+    changes: broadcast::Sender<ObjectRef<K>>,
+}
+
+impl<K> WarmCache<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    /// For one term: every cached object once, the most recently changed first (a change that
+    /// raced the takeover is what the new leader writes first), then each change as it comes,
+    /// deletes included; a subscriber that fell behind gets every object again.
+    pub fn changed(&self) -> impl Stream<Item = ObjectRef<K>> + Send + use<K> {
+        let receiver = self.changes.subscribe();
+        let store = self.store.clone();
+        let first = newest_first(&store.state());
+        futures::stream::iter(first).chain(
+            futures::stream::unfold((receiver, store), |(mut receiver, store)| async move {
+                let next = match receiver.recv().await {
+                    Ok(changed) => vec![changed],
+                    Err(broadcast::error::RecvError::Lagged(_)) => newest_first(&store.state()),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                };
+                Some((futures::stream::iter(next), (receiver, store)))
+            })
+            .flatten(),
+        )
+    }
+
+    /// [`WarmCache::changed`] as the cached objects (deleted ones left out), for a controller.
+    pub fn objects(&self) -> impl Stream<Item = Arc<K>> + Send + use<K> {
+        let store = self.store.clone();
+        self.changed().filter_map(move |changed| std::future::ready(store.get(&changed)))
+    }
+}
+
+/// The objects' references, the highest resourceVersion first. A resourceVersion is opaque
+/// to clients; it is used here only as an ordering hint (etcd's revision), never for correctness.
+fn newest_first<K: Resource<DynamicType = ()>>(objects: &[Arc<K>]) -> Vec<ObjectRef<K>> {
+    let mut refs: Vec<(u64, ObjectRef<K>)> = objects
+        .iter()
+        .map(|o| (o.meta().resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0), ObjectRef::from_obj(o.as_ref())))
+        .collect();
+    refs.sort_by_key(|r| std::cmp::Reverse(r.0));
+    refs.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The state of the merge: each namespace's objects as last seen.
@@ -196,5 +257,43 @@ mod tests {
         feed(&mut merge, "b", Event::InitApply(cm("b", "y")));
         assert_eq!(feed(&mut merge, "b", Event::InitDone), ["a/one", "a/two", "b/y"]);
         assert_eq!(feed(&mut merge, "a", Event::Delete(cm("a", "one"))), ["a/two", "b/y"]);
+    }
+
+    fn versioned(name: &str, version: &str) -> ConfigMap {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "a", "resourceVersion": version}})).unwrap()
+    }
+
+    /// A new term starts with every cached object, the latest change first, then follows
+    /// changes (deletes too); one that fell behind starts over; a cache nobody follows (a
+    /// standby's) never waits.
+    #[tokio::test]
+    async fn a_term_sees_every_object_newest_first_then_each_change() {
+        let mut writer = Writer::<ConfigMap>::default();
+        for (name, version) in [("old", "5"), ("newest", "90"), ("middle", "17")] {
+            writer.apply_watcher_event(&Event::Apply(versioned(name, version)));
+        }
+        let (changes, _) = broadcast::channel(4);
+        let cache = WarmCache { store: writer.as_reader(), changes: changes.clone() };
+        for _ in 0..100 {
+            let _ = changes.send(ObjectRef::new("unheard").within("a")); // a standby: nobody listens
+        }
+        let mut term = Box::pin(cache.changed());
+        let mut next = || term.next().now_or_never().flatten().map(|r| r.name);
+        assert_eq!([next(), next(), next()], [Some("newest".into()), Some("middle".into()), Some("old".into())]);
+        assert_eq!(next(), None, "nothing more until something changes");
+
+        changes.send(ObjectRef::new("middle").within("a")).unwrap();
+        changes.send(ObjectRef::new("deleted").within("a")).unwrap();
+        assert_eq!([next(), next()], [Some("middle".into()), Some("deleted".into())], "deletes are changes too");
+
+        for _ in 0..10 {
+            changes.send(ObjectRef::new("flood").within("a")).unwrap();
+        }
+        let again: Vec<_> = (0..3).map(|_| next()).collect();
+        assert_eq!(again, [Some("newest".into()), Some("middle".into()), Some("old".into())], "fell behind: everything again");
+
+        let objects = Box::pin(cache.objects());
+        let names: Vec<String> = objects.take(3).map(|o| o.name_any()).collect().await;
+        assert_eq!(names, ["newest", "middle", "old"]);
     }
 }
