@@ -97,7 +97,8 @@ impl Scope {
 }
 
 /// Changes a term's subscriber may fall behind by; one further behind gets every object again.
-const CHANGES_BUFFER: usize = 4096;
+/// (A slot keeps its reference until overwritten: a fixed ~150 KiB per cache.)
+const CHANGES_BUFFER: usize = 1024;
 
 /// A watch cache and the changes it sees. Each leadership term takes its own triggers from it
 /// ([`WarmCache::objects`], [`WarmCache::changed`]); nothing waits for a subscriber, so a
