@@ -1,17 +1,19 @@
-//! Children as the operator's watch caches hold them: the metadata, plus only the fields the
-//! operator's own field manager owns (read from managedFields) and the status, kept as
-//! compact JSON.
+//! Children as the operator's watch caches hold them: the identity and owner part of the
+//! metadata, a fingerprint of the fields the operator's own field manager owns (read from
+//! managedFields), and for a Deployment the replicas and status a Workspace's status reads.
 //!
-//! A typed k8s-openapi Deployment takes several KiB even when most of it is empty (every
-//! optional field of a pod spec and container is stored inline), and the API server adds
-//! defaults the operator never looks at. What a reconcile needs of a child is its metadata
-//! (ownership), whether the fields it applies still hold its values (drift), and a
-//! Deployment's status: exactly what is kept. Ownership also makes drift precise: a field
-//! someone else took over (`kubectl edit`, another manager's apply) is no longer the
-//! operator's, so it is missing here and the next reconcile applies it again.
+//! A typed k8s-openapi Deployment takes several KiB even when most of it is empty, and even
+//! the owned fields alone (a Deployment's are its pod template) are a few hundred bytes to
+//! 2 KiB per child, times six children per Workspace. What a reconcile needs of a child is
+//! whom it belongs to (owner references; the label is what the watch selects on), whether the
+//! fields it applies still hold its values (drift: one [`Fingerprint`]), and a Deployment's
+//! progress: exactly what is kept. Ownership also makes drift precise: a field someone else
+//! took over (`kubectl edit`, another manager's apply) is no longer the operator's, so it is
+//! missing from the projection and the fingerprint differs from the desired object's.
 
 use super::children::FIELD_MANAGER;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use super::diff::Fingerprint;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, OwnerReference, Time};
 use kube::Resource;
 use serde::de::{DeserializeOwned, Deserializer, Error as _};
 use serde::{Deserialize, Serialize};
@@ -20,9 +22,12 @@ use std::borrow::Cow;
 use std::marker::PhantomData;
 
 pub struct Cached<K> {
+    /// Name, namespace, uid, resourceVersion, generation, deletionTimestamp and owner
+    /// references: nothing else (labels and annotations are in [`Cached::owned`]).
     pub metadata: ObjectMeta,
-    /// Everything but `metadata`, `apiVersion` and `kind`, projected on the owned fields.
-    body: Box<str>,
+    owned: Fingerprint,
+    /// A Deployment's `spec.replicas` and `status` as compact JSON; `None` for other kinds.
+    progress: Option<Box<str>>,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -32,60 +37,85 @@ impl<K: Resource<DynamicType = ()>> Cached<K> {
         let Some(object) = value.as_object_mut() else {
             return Err(serde_json::Error::custom("an object was expected"));
         };
-        let mut metadata: ObjectMeta = serde_json::from_value(object.remove("metadata").unwrap_or_default())?;
-        object.remove("apiVersion");
-        object.remove("kind");
-        let managed = metadata.managed_fields.take().unwrap_or_default();
+        let mut meta = match object.get_mut("metadata") {
+            Some(Value::Object(meta)) => std::mem::take(meta),
+            _ => Map::new(),
+        };
+        let managed: Vec<ManagedFieldsEntry> = meta.remove("managedFields").map(serde_json::from_value).transpose()?.unwrap_or_default();
+        let metadata = identity(&meta)?;
+        object.insert("metadata".into(), Value::Object(meta));
+        let progress = (K::kind(&()) == "Deployment")
+            .then(|| {
+                let replicas = object.get("spec").and_then(|s| s.get("replicas")).cloned().unwrap_or(Value::Null);
+                let status = object.get("status").cloned().unwrap_or(Value::Null);
+                serde_json::to_string(&serde_json::json!({"spec": {"replicas": replicas}, "status": status}))
+            })
+            .transpose()?
+            .map(String::into_boxed_str);
         // No managedFields at all (an object not from an API server): nothing to go by, so
-        // all of it is kept. Otherwise the operator's own apply entries say what it owns.
-        let body = if managed.is_empty() {
-            value
+        // all of its client-set fields count. Otherwise the operator's own apply entries say
+        // what it owns.
+        let owned = if managed.is_empty() {
+            Fingerprint::of_object(&value)
         } else {
-            let mut owned = Map::new();
+            let mut fields = Map::new();
             for entry in managed.iter().filter(|e| {
                 e.manager.as_deref() == Some(FIELD_MANAGER)
                     && e.operation.as_deref() == Some("Apply")
                     && e.subresource.as_deref().unwrap_or_default().is_empty()
             }) {
-                if let Some(Value::Object(fields)) = entry.fields_v1.as_ref().map(|f| &f.0) {
-                    merge(&mut owned, fields);
+                if let Some(Value::Object(tree)) = entry.fields_v1.as_ref().map(|f| &f.0) {
+                    merge(&mut fields, tree);
                 }
             }
-            let status = object.remove("status");
-            let mut projected = project(&value, &owned);
-            if let (Some(status), Value::Object(map)) = (status, &mut projected) {
-                map.insert("status".into(), status);
-            }
-            projected
+            Fingerprint::of_owned(&project(&value, &fields))
         };
-        Ok(Self { metadata, body: serde_json::to_string(&body)?.into_boxed_str(), kind: PhantomData })
+        Ok(Self { metadata, owned, progress, kind: PhantomData })
     }
 
-    /// The cached object as JSON: apiVersion, kind, metadata and the kept fields.
-    pub fn value(&self) -> Value {
-        let mut value: Value = serde_json::from_str(&self.body).unwrap_or_else(|_| Value::Object(Map::new()));
-        if let Value::Object(map) = &mut value {
-            map.insert("apiVersion".into(), Value::String(K::api_version(&()).into_owned()));
-            map.insert("kind".into(), Value::String(K::kind(&()).into_owned()));
-            map.insert("metadata".into(), serde_json::to_value(&self.metadata).unwrap_or_default());
-        }
-        value
+    /// The fingerprint of the fields the operator owns (see [`Fingerprint`]).
+    pub fn owned(&self) -> Fingerprint {
+        self.owned
     }
+}
 
-    /// The cached object as a `K` (fields the operator does not own are absent). If the kept
-    /// fields do not make a valid `K` (a required field owned by someone else), only the
-    /// metadata and status are.
-    pub fn object(&self) -> Option<K>
-    where
-        K: DeserializeOwned,
-    {
-        let mut value = self.value();
-        if let Ok(object) = serde_json::from_value(value.clone()) {
-            return Some(object);
+/// The part of the metadata the cache keeps.
+fn identity(meta: &Map<String, Value>) -> Result<ObjectMeta, serde_json::Error> {
+    fn field<T: DeserializeOwned>(meta: &Map<String, Value>, key: &str) -> Result<Option<T>, serde_json::Error> {
+        meta.get(key).filter(|v| !v.is_null()).cloned().map(serde_json::from_value).transpose()
+    }
+    Ok(ObjectMeta {
+        name: field(meta, "name")?,
+        namespace: field(meta, "namespace")?,
+        uid: field(meta, "uid")?,
+        resource_version: field(meta, "resourceVersion")?,
+        generation: field(meta, "generation")?,
+        deletion_timestamp: field::<Time>(meta, "deletionTimestamp")?,
+        owner_references: field::<Vec<OwnerReference>>(meta, "ownerReferences")?,
+        ..Default::default()
+    })
+}
+
+impl Cached<k8s_openapi::api::apps::v1::Deployment> {
+    /// The Deployment as far as a Workspace's status reads it: metadata, `spec.replicas`
+    /// and `status` (the rest of its spec is not kept).
+    pub fn progress(&self) -> k8s_openapi::api::apps::v1::Deployment {
+        #[derive(Deserialize)]
+        struct Progress {
+            spec: ProgressSpec,
+            status: Option<k8s_openapi::api::apps::v1::DeploymentStatus>,
         }
-        let map = value.as_object_mut()?;
-        map.retain(|key, _| key == "metadata" || key == "status");
-        serde_json::from_value(value).ok()
+        #[derive(Deserialize)]
+        struct ProgressSpec {
+            replicas: Option<i32>,
+        }
+        let kept: Option<Progress> = self.progress.as_deref().and_then(|p| serde_json::from_str(p).ok());
+        let (replicas, status) = kept.map(|p| (p.spec.replicas, p.status)).unwrap_or_default();
+        k8s_openapi::api::apps::v1::Deployment {
+            metadata: self.metadata.clone(),
+            spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec { replicas, ..Default::default() }),
+            status,
+        }
     }
 }
 
@@ -94,7 +124,8 @@ impl<K: Resource<DynamicType = ()> + Serialize> Cached<K> {
     pub fn new(object: &K) -> Self {
         serde_json::to_value(object).and_then(Self::from_value).unwrap_or_else(|_| Self {
             metadata: ObjectMeta::default(),
-            body: "{}".into(),
+            owned: Fingerprint::of_owned(&Value::Null),
+            progress: None,
             kind: PhantomData,
         })
     }
@@ -158,15 +189,41 @@ fn project(value: &Value, fields: &Map<String, Value>) -> Value {
     }
 }
 
+/// `object` as the API server returns it after the operator applied `applied`: its
+/// managedFields say the operator owns every field of `applied` (lists whole); `object` may
+/// carry more (the server's defaults), which is then not the operator's.
+#[cfg(test)]
+pub fn as_applied<K: Resource<DynamicType = ()> + Serialize>(object: &K, applied: &K) -> Cached<K> {
+    fn tree(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (format!("f:{k}"), tree(v))).collect()),
+            _ => Value::Object(Map::new()),
+        }
+    }
+    let mut fields = serde_json::to_value(applied).expect("serializable");
+    if let Value::Object(map) = &mut fields {
+        map.retain(|k, _| k != "apiVersion" && k != "kind" && k != "status");
+        if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+            meta.retain(|k, _| ["labels", "annotations", "ownerReferences"].contains(&k.as_str()));
+        }
+    }
+    let mut value = serde_json::to_value(object).expect("serializable");
+    value["metadata"]["managedFields"] = serde_json::json!([{
+        "manager": FIELD_MANAGER, "operation": "Apply", "apiVersion": K::api_version(&()), "fieldsType": "FieldsV1",
+        "fieldsV1": tree(&fields),
+    }]);
+    Cached::from_value(value).expect("a valid object")
+}
+
 impl<K> Clone for Cached<K> {
     fn clone(&self) -> Self {
-        Self { metadata: self.metadata.clone(), body: self.body.clone(), kind: PhantomData }
+        Self { metadata: self.metadata.clone(), owned: self.owned, progress: self.progress.clone(), kind: PhantomData }
     }
 }
 
 impl<K: Resource<DynamicType = ()>> std::fmt::Debug for Cached<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cached").field("kind", &K::kind(&())).field("name", &self.metadata.name).field("body", &self.body).finish()
+        f.debug_struct("Cached").field("kind", &K::kind(&())).field("name", &self.metadata.name).field("owned", &self.owned).finish()
     }
 }
 
@@ -240,31 +297,42 @@ mod tests {
         })
     }
 
-    #[test]
-    fn keeps_what_the_operator_owns_and_the_status() {
-        let cached = Cached::<Deployment>::from_value(live()).unwrap();
-        let value = cached.value();
-        assert_eq!(value["spec"], json!({"replicas": 2, "template": {"spec": {"containers": [{"name": "portal", "args": ["portal"]}]}}}));
-        assert_eq!(value["status"]["availableReplicas"], 2);
-        assert_eq!(value["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "2", "metadata is kept whole");
-        assert!(value["metadata"].get("managedFields").is_none());
-        assert!(value["spec"]["template"]["spec"]["containers"][0].get("image").is_none(), "the edited image is not ours any more");
+    /// What the operator applied in `live()`, before anyone edited the image.
+    fn applied() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "payments-portal", "namespace": "team-payments",
+                         "labels": {"app.kubernetes.io/managed-by": "hyperpage-operator"}},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "portal", "args": ["portal"], "image": "ours:1"}]}}}
+        })
     }
 
     #[test]
-    fn a_partial_object_still_gives_metadata_and_status() {
-        // The selector is required in a DeploymentSpec; the operator does not own it here.
-        let deployment = Cached::<Deployment>::from_value(live()).unwrap().object().unwrap();
+    fn the_fingerprint_covers_exactly_what_the_operator_still_owns() {
+        let cached = Cached::<Deployment>::from_value(live()).unwrap();
+        let mut still_owned = applied();
+        still_owned["spec"]["template"]["spec"]["containers"][0].as_object_mut().unwrap().remove("image");
+        assert_eq!(cached.owned(), Fingerprint::of_object(&still_owned), "defaults, others' fields and status left out");
+        assert_ne!(cached.owned(), Fingerprint::of_object(&applied()), "the edited image is not ours any more: drift");
+        assert!(cached.metadata.labels.is_none() && cached.metadata.annotations.is_none() && cached.metadata.managed_fields.is_none());
+        assert_eq!((cached.metadata.uid.as_deref(), cached.metadata.generation), (Some("u-1"), Some(3)));
+    }
+
+    #[test]
+    fn a_deployment_keeps_its_replicas_and_status() {
+        let deployment = Cached::<Deployment>::from_value(live()).unwrap().progress();
         assert_eq!(deployment.metadata.generation, Some(3));
+        assert_eq!(deployment.spec.unwrap().replicas, Some(2));
         assert_eq!(deployment.status.unwrap().available_replicas, Some(2));
     }
 
     #[test]
-    fn without_managed_fields_everything_is_kept() {
+    fn without_managed_fields_every_client_set_field_counts() {
         let mut value = live();
         value["metadata"].as_object_mut().unwrap().remove("managedFields");
-        let deployment = Cached::<Deployment>::from_value(value).unwrap().object().unwrap();
-        assert_eq!(deployment.spec.unwrap().template.spec.unwrap().containers.len(), 2);
+        let mut expected = value.clone();
+        expected["metadata"].as_object_mut().unwrap().retain(|k, _| k == "labels" || k == "annotations");
+        assert_eq!(Cached::<Deployment>::from_value(value).unwrap().owned(), Fingerprint::of_object(&expected));
     }
 
     #[test]

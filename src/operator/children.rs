@@ -128,12 +128,17 @@ fn owner_reference(ws: &Workspace) -> OwnerReference {
 /// (by uid) by this Workspace. Anything else with a child's name is never applied over.
 pub fn is_owned_by(meta: &ObjectMeta, ws: &Workspace) -> bool {
     let labelled = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY.0)).is_some_and(|v| v == MANAGED_BY.1);
+    labelled && is_referenced_by_owner(meta, ws)
+}
+
+/// Whether an object names this Workspace (by uid) as an owner. For an object from the
+/// operator's caches this is [`is_owned_by`]: they select on the label.
+pub fn is_referenced_by_owner(meta: &ObjectMeta, ws: &Workspace) -> bool {
     let uid = ws.uid();
-    let owned =
-        meta.owner_references.iter().flatten().any(|o| {
-            o.kind == Workspace::kind(&()) && o.api_version.starts_with(crate::api::GROUP) && uid.as_deref() == Some(o.uid.as_str())
-        });
-    labelled && owned
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == Workspace::kind(&()) && o.api_version.starts_with(crate::api::GROUP) && uid.as_deref() == Some(o.uid.as_str()))
 }
 
 /// `desired` with the container images of `live` (matched by container name): how a
@@ -262,7 +267,9 @@ fn hyperpage_container(ws: &Workspace, portal: &PortalSpec, config: &BuildConfig
                 EnvVar {
                     name: "HYPERPAGE_NAMESPACE".into(),
                     value_from: Some(EnvVarSource {
-                        field_ref: Some(ObjectFieldSelector { field_path: "metadata.namespace".into(), ..Default::default() }),
+                        // apiVersion set as the API server would default it: the field is owned whole, so
+                        // leaving it to the default would make the stored object differ from the applied one.
+                        field_ref: Some(ObjectFieldSelector { api_version: Some("v1".into()), field_path: "metadata.namespace".into() }),
                         ..Default::default()
                     }),
                     ..Default::default()

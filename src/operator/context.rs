@@ -1,9 +1,10 @@
 //! What every reconcile shares: the client, the caches, the fence and the telemetry.
 
 use super::cached::Cached;
-use super::children::{BuildConfig, FIELD_MANAGER, is_owned_by};
-use super::diff::is_subset;
+use super::children::{BuildConfig, FIELD_MANAGER, is_owned_by, is_referenced_by_owner};
+use super::diff::Fingerprint;
 use super::error::{Error, backoff};
+use super::index::BindingIndex;
 use crate::api::{ToolBinding, Workspace};
 use crate::engine::Engine;
 use crate::lease::Fence;
@@ -32,6 +33,8 @@ use std::time::Duration;
 pub struct Stores {
     pub workspaces: Store<Workspace>,
     pub bindings: Store<ToolBinding>,
+    /// The bindings of each Workspace, kept in step with `bindings`.
+    pub bindings_by_workspace: BindingIndex,
     pub deployments: Store<Cached<Deployment>>,
     pub services: Store<Cached<Service>>,
     pub service_accounts: Store<Cached<ServiceAccount>>,
@@ -56,13 +59,28 @@ pub struct Context {
     /// How bindings' credentials are read (shared with the engine).
     pub credentials: Credentials,
     failures: Mutex<HashMap<String, u32>>,
+    /// `Kind/namespace/name` of children the API server stored differently from how they
+    /// were applied: (fingerprint applied, fingerprint stored). Normally empty.
+    stored_differently: Mutex<HashMap<String, (Fingerprint, Fingerprint)>>,
 }
 
 impl Context {
     pub fn new(client: Client, stores: Stores, build: BuildConfig, fence: Fence, metrics: Metrics, resync: Duration) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         let credentials = Credentials::direct(client.clone());
-        Self { client, stores, build, fence, metrics, reporter, resync, engine: None, credentials, failures: Mutex::new(HashMap::new()) }
+        Self {
+            client,
+            stores,
+            build,
+            fence,
+            metrics,
+            reporter,
+            resync,
+            engine: None,
+            credentials,
+            failures: Mutex::new(HashMap::new()),
+            stored_differently: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn with_credentials(mut self, credentials: Credentials) -> Self {
@@ -89,10 +107,12 @@ impl Context {
         let kind = kind_of::<K>();
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
-        let want = serde_json::to_value(desired).map_err(|source| Error::Serialize { kind, source })?;
-        let mut body = want;
+        let mut body = serde_json::to_value(desired).map_err(|source| Error::Serialize { kind, source })?;
+        let want = Fingerprint::of_object(&body);
+        let stored_key = format!("{kind}/{namespace}/{name}");
         if let Some(live) = store.get(&ObjectRef::new(&name).within(&namespace)) {
-            if is_subset(&body, &live.value()) {
+            let stored_as = self.stored_differently.lock().expect("stored_differently lock poisoned").get(&stored_key).copied();
+            if live.owned() == want || stored_as == Some((want, live.owned())) {
                 return Ok(false);
             }
             // The live object's uid makes the apply a precondition: should that object have
@@ -104,13 +124,26 @@ impl Context {
         }
         self.ensure_leader()?;
         let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
-        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await.map_err(|source| Error::Apply {
-            kind,
-            name: name.clone(),
-            source,
-        })?;
+        let applied = api
+            .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .map_err(|source| Error::Apply { kind, name: name.clone(), source })?;
         self.metrics.record_write(controller, kind, "apply");
         tracing::info!(kind, %namespace, %name, "applied");
+        // Normally what the API server stored is what was applied. Where it is not (a value it
+        // rewrites), the pair is remembered, so the next look finds the child converged
+        // instead of applying it again on every reconcile.
+        let stored = serde_json::to_value(&applied).ok().and_then(|v| Cached::<K>::from_value(v).ok()).map(|c| c.owned());
+        let mut differently = self.stored_differently.lock().expect("stored_differently lock poisoned");
+        match stored {
+            Some(stored) if stored != want => {
+                tracing::debug!(kind, %namespace, %name, "the API server stores this child differently from how it was applied");
+                differently.insert(stored_key, (want, stored));
+            }
+            _ => {
+                differently.remove(&stored_key);
+            }
+        }
         Ok(true)
     }
 
@@ -125,16 +158,22 @@ impl Context {
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
         let owned = match store.get(&ObjectRef::new(&name).within(&namespace)) {
-            Some(live) => is_owned_by(live.meta(), owner),
-            None => {
-                let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
-                match api.get_opt(&name).await.map_err(|source| Error::Read { kind, name: name.clone(), source })? {
-                    Some(live) => is_owned_by(live.meta(), owner),
-                    None => true,
-                }
-            }
+            Some(live) => is_referenced_by_owner(live.meta(), owner),
+            None => match self.read_live::<K>(&namespace, &name).await? {
+                Some(live) => is_owned_by(live.meta(), owner),
+                None => true,
+            },
         };
         Ok((!owned).then(|| format!("{kind}/{name}")))
+    }
+
+    /// The object as the API server has it now (the caches keep only part of a child).
+    pub async fn read_live<K>(&self, namespace: &str, name: &str) -> Result<Option<K>, Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        api.get_opt(name).await.map_err(|source| Error::Read { kind: kind_of::<K>(), name: name.to_string(), source })
     }
 
     /// Deletes a child that must no longer exist (a PDB after scaling to one replica, an
@@ -151,7 +190,7 @@ impl Context {
     {
         let namespace = owner.namespace().unwrap_or_default();
         let namespace = namespace.as_str();
-        if !store.get(&ObjectRef::new(name).within(namespace)).is_some_and(|live| is_owned_by(live.meta(), owner)) {
+        if !store.get(&ObjectRef::new(name).within(namespace)).is_some_and(|live| is_referenced_by_owner(live.meta(), owner)) {
             return Ok(false);
         }
         self.ensure_leader()?;

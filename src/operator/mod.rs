@@ -5,6 +5,7 @@ pub mod children;
 pub mod context;
 pub mod diff;
 pub mod error;
+pub mod index;
 pub mod policy;
 pub mod portal_access;
 pub mod scope;
@@ -25,6 +26,7 @@ use children::{BuildConfig, MANAGED_BY};
 use context::{Context, Stores, object_key};
 use error::Error;
 use futures::{FutureExt, StreamExt};
+use index::BindingIndex;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
@@ -168,6 +170,7 @@ fn managed_children() -> watcher::Config {
 struct Caches {
     workspaces: WarmCache<Workspace>,
     bindings: WarmCache<ToolBinding>,
+    bindings_by_workspace: BindingIndex,
     deployments: WarmCache<Cached<Deployment>>,
     services: WarmCache<Cached<Service>>,
     service_accounts: WarmCache<Cached<ServiceAccount>>,
@@ -186,7 +189,9 @@ impl Caches {
     fn start(scope: &Scope) -> (Self, impl std::future::Future<Output = ()> + Send + use<>) {
         let all = watcher::Config::default;
         let (workspaces, ws) = scope.warm_cache(all());
-        let (bindings, tb) = scope.warm_cache(all());
+        let bindings_by_workspace = BindingIndex::default();
+        let index = bindings_by_workspace.clone();
+        let (bindings, tb) = scope.warm_cache_following(all(), move |event, store| index.follow(event, || store.state()));
         let (deployments, deploy) = scope.warm_cache(managed_children());
         let (services, svc) = scope.warm_cache(managed_children());
         let (service_accounts, sa) = scope.warm_cache(managed_children());
@@ -213,6 +218,7 @@ impl Caches {
         let caches = Self {
             workspaces,
             bindings,
+            bindings_by_workspace,
             deployments,
             services,
             service_accounts,
@@ -230,6 +236,7 @@ impl Caches {
         Stores {
             workspaces: self.workspaces.store.clone(),
             bindings: self.bindings.store.clone(),
+            bindings_by_workspace: self.bindings_by_workspace.clone(),
             deployments: self.deployments.store.clone(),
             services: self.services.store.clone(),
             service_accounts: self.service_accounts.store.clone(),
@@ -314,7 +321,7 @@ async fn run_controllers(client: Client, config: &OperatorConfig, caches: &Cache
         .for_each(log_result("workspace"));
 
     let bindings_for_secret = bindings.clone();
-    let bindings_for_workspace = bindings.clone();
+    let bindings_for_workspace = stores.bindings_by_workspace.clone();
     let mut new_specs = SpecChanges::default();
     let known = workspaces.clone();
     let ws_spec_changes = caches.workspaces.objects().filter(move |ws| {
@@ -326,16 +333,12 @@ async fn run_controllers(client: Client, config: &OperatorConfig, caches: &Cache
     let secret_changes = caches.opted_in_secrets.changed().flat_map(move |secret| {
         let ns = secret.namespace.clone().unwrap_or_default();
         futures::stream::iter(referencing(&bindings_for_secret, move |b| {
-            b.namespace().as_deref() == Some(ns.as_str()) && b.spec.credentials_secret_ref.name == secret.name
+            b.metadata.namespace.as_deref() == Some(ns.as_str()) && b.spec.credentials_secret_ref.name == secret.name
         }))
     });
     let binding_controller = Controller::for_shared_stream(caches.bindings.objects(), bindings.clone())
         .watches_shared_stream(ws_spec_changes, move |ws: Arc<Workspace>| {
-            let ns = ws.namespace().unwrap_or_default();
-            let name = ws.name_any();
-            referencing(&bindings_for_workspace, move |b| {
-                b.namespace().as_deref() == Some(ns.as_str()) && b.spec.workspace_ref.name == name
-            })
+            bindings_for_workspace.bindings_of(ws.metadata.namespace.as_deref().unwrap_or_default(), &ws.name_any())
         })
         .reconcile_on(secret_changes)
         .reconcile_on(wakes)

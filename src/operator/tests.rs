@@ -2,7 +2,7 @@
 //! recorded, so the tests can say exactly which writes happen, and that none happen when
 //! nothing changed or when this replica is not the leader.
 
-use super::cached::Cached;
+use super::cached::{self, Cached};
 use super::children::{self, BuildConfig};
 use super::context::{Context, Stores};
 use super::error::Error;
@@ -147,6 +147,7 @@ fn context(client: Client, fence: Fence) -> (Arc<Context>, Caches) {
     let stores = Stores {
         workspaces,
         bindings,
+        bindings_by_workspace: Default::default(),
         deployments,
         services,
         service_accounts,
@@ -203,9 +204,9 @@ fn converge_children(ws: &Workspace, ctx: &Context, caches: &mut Caches, availab
         .unwrap(),
     );
     seen(&mut caches.deployments, Cached::new(&deployment));
-    let mut service = c.service;
+    let mut service = c.service.clone();
     service.spec.as_mut().unwrap().cluster_ip = Some("10.96.12.34".into());
-    seen(&mut caches.services, Cached::new(&service));
+    seen(&mut caches.services, cached::as_applied(&service, &c.service));
     seen(&mut caches.network_policies, Cached::new(&c.network_policy));
 }
 

@@ -67,15 +67,19 @@ pub fn observe(ws: &Workspace, ctx: &Context) -> Observed {
     let namespace = ws.namespace().unwrap_or_default();
     let name = ws.name_any();
     let deployment =
-        ctx.stores.deployments.get(&ObjectRef::new(&children::child_name(&name)).within(&namespace)).and_then(|d| d.object()).map(Arc::new);
-    let bindings = bindings_of(&ctx.stores.bindings.state(), &namespace, &name);
+        ctx.stores.deployments.get(&ObjectRef::new(&children::child_name(&name)).within(&namespace)).map(|d| Arc::new(d.progress()));
+    let bindings =
+        ctx.stores.bindings_by_workspace.bindings_of(&namespace, &name).iter().filter_map(|key| ctx.stores.bindings.get(key)).collect();
     Observed { deployment, bindings }
 }
 
 /// The ToolBindings that reference a Workspace, sorted by name for stable output.
 pub fn bindings_of(all: &[Arc<ToolBinding>], namespace: &str, workspace: &str) -> Vec<Arc<ToolBinding>> {
-    let mut bindings: Vec<_> =
-        all.iter().filter(|b| b.namespace().as_deref() == Some(namespace) && b.spec.workspace_ref.name == workspace).cloned().collect();
+    let mut bindings: Vec<_> = all
+        .iter()
+        .filter(|b| b.metadata.namespace.as_deref() == Some(namespace) && b.spec.workspace_ref.name == workspace)
+        .cloned()
+        .collect();
     bindings.sort_by_key(|b| b.name_any());
     bindings
 }
@@ -129,67 +133,100 @@ async fn reconcile_inner(ws: &Workspace, ctx: &Context) -> Result<Action, Error>
     Ok(Action::requeue(if refusals.conflicts.is_empty() { ctx.resync } else { ctx.resync.min(CONFLICT_RECHECK) }))
 }
 
-/// Every object the reconcile would apply that exists but is not this Workspace's own.
+/// Every object the reconcile would apply that exists but is not this Workspace's own. The
+/// checks are independent (each a cache look-up, or one read for a name the cache lacks), so
+/// they run at once: a new Workspace costs one round trip here, not one per child.
 async fn conflicts(ctx: &Context, ws: &Workspace, desired: &Children, refusals: &Refusals) -> Result<Vec<String>, Error> {
     let s = &ctx.stores;
-    let found = [
-        ctx.foreign_object(&s.service_accounts, &desired.service_account, ws).await?,
-        ctx.foreign_object(&s.roles, &desired.role, ws).await?,
-        ctx.foreign_object(&s.role_bindings, &desired.role_binding, ws).await?,
-        match refusals.refuses(Refused::Deployment) {
-            true => None,
-            false => ctx.foreign_object(&s.deployments, &desired.deployment, ws).await?,
+    let found = tokio::try_join!(
+        ctx.foreign_object(&s.service_accounts, &desired.service_account, ws),
+        ctx.foreign_object(&s.roles, &desired.role, ws),
+        ctx.foreign_object(&s.role_bindings, &desired.role_binding, ws),
+        async {
+            match refusals.refuses(Refused::Deployment) {
+                true => Ok(None),
+                false => ctx.foreign_object(&s.deployments, &desired.deployment, ws).await,
+            }
         },
-        match refusals.refuses(Refused::Service) {
-            true => None,
-            false => ctx.foreign_object(&s.services, &desired.service, ws).await?,
+        async {
+            match refusals.refuses(Refused::Service) {
+                true => Ok(None),
+                false => ctx.foreign_object(&s.services, &desired.service, ws).await,
+            }
         },
-        ctx.foreign_object(&s.network_policies, &desired.network_policy, ws).await?,
-        match (&desired.ingress, refusals.refuses(Refused::Ingress)) {
-            (Some(ingress), false) => ctx.foreign_object(&s.ingresses, ingress, ws).await?,
-            _ => None,
+        ctx.foreign_object(&s.network_policies, &desired.network_policy, ws),
+        async {
+            match (&desired.ingress, refusals.refuses(Refused::Ingress)) {
+                (Some(ingress), false) => ctx.foreign_object(&s.ingresses, ingress, ws).await,
+                _ => Ok(None),
+            }
         },
-        match &desired.pod_disruption_budget {
-            Some(pdb) => ctx.foreign_object(&s.pod_disruption_budgets, pdb, ws).await?,
-            None => None,
+        async {
+            match &desired.pod_disruption_budget {
+                Some(pdb) => ctx.foreign_object(&s.pod_disruption_budgets, pdb, ws).await,
+                None => Ok(None),
+            }
         },
-    ];
-    Ok(found.into_iter().flatten().collect())
+    )?;
+    let (sa, role, rb, deployment, service, np, ingress, pdb) = found;
+    Ok([sa, role, rb, deployment, service, np, ingress, pdb].into_iter().flatten().collect())
 }
 
 /// Applies what the policy allows. A refused image keeps the running one (every other change
 /// goes through; a new Workspace gets no Deployment); a refused Service is left as it is; a
 /// refused Ingress is removed, since exposing the portal is exactly what the policy withholds.
+///
+/// Two rounds of requests sent at once: the RBAC objects first, so the portal's pods can read
+/// (and be admitted with their ServiceAccount) as soon as they start, then everything else.
 async fn apply_children(ctx: &Context, ws: &Workspace, desired: &Children, refusals: &Refusals) -> Result<(), Error> {
     let s = &ctx.stores;
-    // RBAC first, so the portal's pods can read as soon as they start.
-    ctx.apply_if_changed(CONTROLLER, &s.service_accounts, &desired.service_account).await?;
-    ctx.apply_if_changed(CONTROLLER, &s.roles, &desired.role).await?;
-    ctx.apply_if_changed(CONTROLLER, &s.role_bindings, &desired.role_binding).await?;
+    tokio::try_join!(
+        ctx.apply_if_changed(CONTROLLER, &s.service_accounts, &desired.service_account),
+        ctx.apply_if_changed(CONTROLLER, &s.roles, &desired.role),
+        ctx.apply_if_changed(CONTROLLER, &s.role_bindings, &desired.role_binding),
+    )?;
     let deployment = if refusals.refuses(Refused::Deployment) {
-        let live = s.deployments.get(&ObjectRef::new(&desired.deployment.name_any()).within(&ws.namespace().unwrap_or_default()));
-        live.filter(|d| children::is_owned_by(d.meta(), ws))
-            .and_then(|live| live.object())
-            .and_then(|live| children::keep_images(&desired.deployment, &live))
+        // The running images are not in the cache (only a fingerprint of them): read them.
+        let (namespace, name) = (ws.namespace().unwrap_or_default(), desired.deployment.name_any());
+        let owned =
+            s.deployments.get(&ObjectRef::new(&name).within(&namespace)).is_some_and(|d| children::is_referenced_by_owner(d.meta(), ws));
+        match owned {
+            true => {
+                ctx.read_live::<Deployment>(&namespace, &name).await?.and_then(|live| children::keep_images(&desired.deployment, &live))
+            }
+            false => None,
+        }
     } else {
         Some(desired.deployment.clone())
     };
-    if let Some(deployment) = &deployment {
-        ctx.apply_if_changed(CONTROLLER, &s.deployments, deployment).await?;
-    }
-    if !refusals.refuses(Refused::Service) {
-        ctx.apply_if_changed(CONTROLLER, &s.services, &desired.service).await?;
-    }
-    ctx.apply_if_changed(CONTROLLER, &s.network_policies, &desired.network_policy).await?;
     let name = desired.deployment.name_any();
-    match (&desired.ingress, refusals.refuses(Refused::Ingress)) {
-        (Some(ingress), false) => ctx.apply_if_changed(CONTROLLER, &s.ingresses, ingress).await?,
-        _ => ctx.delete_if_present(CONTROLLER, &s.ingresses, ws, &name).await?,
-    };
-    match &desired.pod_disruption_budget {
-        Some(pdb) => ctx.apply_if_changed(CONTROLLER, &s.pod_disruption_budgets, pdb).await?,
-        None => ctx.delete_if_present(CONTROLLER, &s.pod_disruption_budgets, ws, &name).await?,
-    };
+    tokio::try_join!(
+        async {
+            match &deployment {
+                Some(deployment) => ctx.apply_if_changed(CONTROLLER, &s.deployments, deployment).await,
+                None => Ok(false),
+            }
+        },
+        async {
+            match refusals.refuses(Refused::Service) {
+                true => Ok(false),
+                false => ctx.apply_if_changed(CONTROLLER, &s.services, &desired.service).await,
+            }
+        },
+        ctx.apply_if_changed(CONTROLLER, &s.network_policies, &desired.network_policy),
+        async {
+            match (&desired.ingress, refusals.refuses(Refused::Ingress)) {
+                (Some(ingress), false) => ctx.apply_if_changed(CONTROLLER, &s.ingresses, ingress).await,
+                _ => ctx.delete_if_present(CONTROLLER, &s.ingresses, ws, &name).await,
+            }
+        },
+        async {
+            match &desired.pod_disruption_budget {
+                Some(pdb) => ctx.apply_if_changed(CONTROLLER, &s.pod_disruption_budgets, pdb).await,
+                None => ctx.delete_if_present(CONTROLLER, &s.pod_disruption_budgets, ws, &name).await,
+            }
+        },
+    )?;
     Ok(())
 }
 

@@ -375,7 +375,7 @@ async fn converged_workspaces_cost_zero_writes() {
     let _serial = serial().await;
     let client = setup().await;
     let ns = TestNamespace::create(&client, "e2e-quiet").await;
-    let operator = Operator::start(OperatorOptions { identity: "quiet", lease_name: "e2e-quiet", extra: &["--resync", "2s"] });
+    let mut operator = Operator::start(OperatorOptions { identity: "quiet", lease_name: "e2e-quiet", extra: &["--resync", "2s"] });
     apply_file(&client, &ns.name, &repo().join("examples/secret-template.yaml")).await;
     for name in ["alpha", "beta", "gamma"] {
         apply_yaml(&client, &ns.name, &workspace_yaml(name, 2)).await;
@@ -401,5 +401,22 @@ async fn converged_workspaces_cost_zero_writes() {
         let writes: Vec<String> = operator_writes(&audit_events_since(offset), "quiet").into_iter().map(|(_, w)| w).collect();
         assert!(writes.is_empty(), "the API server's audit log shows writes by a converged operator:\n{}", writes.join("\n"));
         eprintln!("audit log: zero mutating requests (leases aside) over {reconciles} reconciles");
+    }
+
+    // A new process knows only what the API server stores: a child stored differently from
+    // how it was applied (a default inside a field the operator owns whole) would be applied
+    // again by every new leader. It must find everything converged too.
+    operator.signal("TERM");
+    assert!(operator.wait_exit(Duration::from_secs(10)).success(), "a clean exit on SIGTERM");
+    let offset = audit_log_size();
+    let restarted = Operator::start(OperatorOptions { identity: "quiet-again", lease_name: "e2e-quiet", extra: &["--resync", "2s"] });
+    wait_for("the restarted operator to look at every workspace twice", Duration::from_secs(60), || async {
+        (restarted.metric("hyperpage_reconcile_total{controller=\"workspace\"}").await? >= 6.0).then_some(())
+    })
+    .await;
+    assert_eq!(restarted.writes().await, Some(0.0), "no writes counted by the restarted operator");
+    if let Some(offset) = offset {
+        let writes: Vec<String> = operator_writes(&audit_events_since(offset), "quiet-again").into_iter().map(|(_, w)| w).collect();
+        assert!(writes.is_empty(), "a restarted operator wrote to converged workspaces:\n{}", writes.join("\n"));
     }
 }
