@@ -14,6 +14,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// jemalloc rather than glibc's malloc: see Cargo.toml (memory per cached object).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "hyperpage", version = hyperpage::VERSION, about = "Developer portals as Kubernetes resources")]
 struct Cli {
