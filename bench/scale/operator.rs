@@ -52,6 +52,9 @@ pub struct Args {
     failover_trials: usize,
     #[arg(long, default_value_t = 600)]
     failover_budget_secs: u64,
+    /// Run the reference client (off: the ratio is not measured at this size).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    reference: bool,
     /// The operator's --concurrency, and the reference client's.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -216,8 +219,17 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         requests: tally(all.iter().filter(|e| e.by("bench-a") && !e.is_write() && !e.is_lease())),
     };
 
-    outcome.failover = failover(&args, &client, &audit, &watch, leader).await?;
+    if args.failover_trials > 0 {
+        outcome.failover = failover(&args, &client, &audit, &watch, leader).await?;
+    } else {
+        drop(leader);
+    }
 
+    if !args.reference {
+        std::fs::write(&args.out, serde_json::to_string_pretty(&outcome)?)?;
+        log(format!("N={n}: no reference at this size; results in {}", args.out.display()));
+        return Ok(());
+    }
     // The reference, with no operator running.
     log(format!("N={n}: reference client"));
     create_objects(&client, "ref", n, false).await?;
