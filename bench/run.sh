@@ -27,6 +27,7 @@ OUT=bench/results/$RUN
 EXTERNAL=${KUBECONFIG:-}
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+server_version() { kubectl get --raw /version | python3 -c 'import json, sys; print(json.load(sys.stdin)["gitVersion"])'; }
 
 if [[ -z ${HYPERPAGE_BENCH_BIN:-} ]]; then # set: measure that operator binary (e.g. an older build)
     nice -n 10 cargo build --release --locked --bin hyperpage
@@ -73,7 +74,7 @@ for n in $SIZES; do
             echo "shared: other builds and test suites ran on the same cores during the run"
             echo "rustc: $(rustc --version)"
             echo "hyperpage: $("$HYPERPAGE_BENCH_BIN" version 2>/dev/null | head -1) (release build)"
-            echo "kubernetes: $(kubectl version -o json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])') (kube-apiserver, controller-manager, scheduler), etcd and kwok as pinned in e2e/tools"
+            echo "kubernetes: $(server_version) (kube-apiserver, controller-manager, scheduler), etcd and kwok as pinned in e2e/tools"
             echo "control plane: kube-api-qps 200 for the controller manager and scheduler, kwok nodes: $((n / 500 + 2)) x 1000 pods"
         } >bench/results/env.txt
         bash e2e/cluster.sh down
