@@ -176,14 +176,15 @@ async fn conflicts(ctx: &Context, ws: &Workspace, desired: &Children, refusals: 
 /// goes through; a new Workspace gets no Deployment); a refused Service is left as it is; a
 /// refused Ingress is removed, since exposing the portal is exactly what the policy withholds.
 ///
-/// Two rounds of requests sent at once: the RBAC objects first, so the portal's pods can read
-/// (and be admitted with their ServiceAccount) as soon as they start, then everything else.
+/// Two rounds of requests sent at once: the ServiceAccount and the Role first, then the rest.
+/// The portal's pods are admitted only once their ServiceAccount exists, and the API server
+/// checks a RoleBinding against the Role it grants (an operator without `bind` on it may
+/// bind only a Role that exists: sent together, the RoleBinding fails as "not found").
 async fn apply_children(ctx: &Context, ws: &Workspace, desired: &Children, refusals: &Refusals) -> Result<(), Error> {
     let s = &ctx.stores;
     tokio::try_join!(
         ctx.apply_if_changed(CONTROLLER, &s.service_accounts, &desired.service_account),
         ctx.apply_if_changed(CONTROLLER, &s.roles, &desired.role),
-        ctx.apply_if_changed(CONTROLLER, &s.role_bindings, &desired.role_binding),
     )?;
     let deployment = if refusals.refuses(Refused::Deployment) {
         // The running images are not in the cache (only a fingerprint of them): read them.
@@ -201,6 +202,7 @@ async fn apply_children(ctx: &Context, ws: &Workspace, desired: &Children, refus
     };
     let name = desired.deployment.name_any();
     tokio::try_join!(
+        ctx.apply_if_changed(CONTROLLER, &s.role_bindings, &desired.role_binding),
         async {
             match &deployment {
                 Some(deployment) => ctx.apply_if_changed(CONTROLLER, &s.deployments, deployment).await,
