@@ -44,7 +44,8 @@ pub struct Args {
     /// The API server's audit log (e2e/cluster.sh writes it).
     #[arg(long, env = "HYPERPAGE_E2E_AUDIT_LOG")]
     audit_log: PathBuf,
-    /// The operator's --resync; the converged-resync row watches three of them.
+    /// The --resync of the replica the converged-resync row watches for three periods (the
+    /// cold start runs with the operator's default, as installed).
     #[arg(long, default_value_t = 20)]
     resync_secs: u64,
     /// Failover trials per signal (SIGTERM, SIGKILL), within --failover-budget-secs.
@@ -88,6 +89,13 @@ pub struct Cold {
     pub writes: BTreeMap<String, u64>,
     pub writes_total: u64,
     pub events: u64,
+    /// CPU time (user + system) the operator process used until its work was done: whether
+    /// it competes with the API server for the machine's cores.
+    #[serde(default)]
+    pub operator_cpu_seconds: Option<f64>,
+    /// Reconciles per controller until the work was done (the operator's own counters).
+    #[serde(default)]
+    pub reconciles: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -166,14 +174,20 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     // Cold convergence: the operator starts after every object exists.
     let offset = audit.offset();
     let started = Instant::now();
-    let leader = Replica::start(&args, "bench-a")?;
+    let leader = Replica::start(&args, "bench-a", None)?;
     let timeout = Duration::from_secs(180 + n as u64);
     let mut applied = None;
     while started.elapsed() < timeout {
         let p = watch.progress("bench");
         if applied.is_none() && p.statused >= n && p.bindings_ready >= n {
             applied = Some(started.elapsed().as_secs_f64());
-            log(format!("N={n}: operator's work done in {:.1}s", applied.unwrap_or_default()));
+            outcome.cold.operator_cpu_seconds = leader.cpu_seconds();
+            outcome.cold.reconciles = leader.reconciles().await;
+            log(format!(
+                "N={n}: operator's work done in {:.1}s, {:.1}s of CPU",
+                applied.unwrap_or_default(),
+                outcome.cold.operator_cpu_seconds.unwrap_or_default()
+            ));
         }
         if applied.is_some() && p.ready >= n {
             outcome.cold.ready_seconds = Some(started.elapsed().as_secs_f64());
@@ -198,25 +212,34 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     outcome.memory = Memory { rss_kib, hwm_kib, cached_objects: cached_objects(&client).await? };
     log(format!("N={n}: RSS {} MiB, peak {} MiB, {} cached objects", rss_kib / 1024, hwm_kib / 1024, outcome.memory.cached_objects));
 
-    // Converged resync: three periods, no writes expected.
-    let resync_offset = audit.offset();
-    let resync_started = Instant::now();
-    log(format!("N={n}: watching {} resync periods of {}s", 3, args.resync_secs));
-    tokio::time::sleep(Duration::from_secs(3 * args.resync_secs + 5)).await;
-    let resync_entries = audit.operator_entries(resync_offset);
-    let writes: Vec<&Entry> = resync_entries.iter().filter(|e| e.by("bench-a") && e.is_write() && !e.is_lease()).collect();
-    outcome.resync = Resync {
-        period_seconds: args.resync_secs,
-        watched_seconds: resync_started.elapsed().as_secs_f64(),
-        writes_total: writes.len() as u64,
-        writes: tally(writes),
-    };
-
     // API load: the leader's reads since it started.
     let all = audit.operator_entries(offset);
     outcome.api_load = ApiLoad {
         seconds: started.elapsed().as_secs_f64(),
         requests: tally(all.iter().filter(|e| e.by("bench-a") && !e.is_write() && !e.is_lease())),
+    };
+
+    // Converged resync: a replica with a short --resync takes over from the first (SIGTERM)
+    // and is watched for three of its periods; no writes expected, the takeover's included.
+    let mut first = leader;
+    let leader = Replica::start(&args, "bench-r", Some(args.resync_secs))?;
+    if !leader.wait_ready(Duration::from_secs(120)).await {
+        return Err("the resync replica never became ready".into());
+    }
+    let resync_offset = audit.offset();
+    let resync_started = Instant::now();
+    first.signal("TERM");
+    first.wait_exit(Duration::from_secs(15)).await;
+    drop(first);
+    log(format!("N={n}: a replica with --resync {}s took over; watching 3 of its periods", args.resync_secs));
+    tokio::time::sleep(Duration::from_secs(3 * args.resync_secs + 5)).await;
+    let resync_entries = audit.operator_entries(resync_offset);
+    let writes: Vec<&Entry> = resync_entries.iter().filter(|e| e.by("bench-r") && e.is_write() && !e.is_lease()).collect();
+    outcome.resync = Resync {
+        period_seconds: args.resync_secs,
+        watched_seconds: resync_started.elapsed().as_secs_f64(),
+        writes_total: writes.len() as u64,
+        writes: tally(writes),
     };
 
     if args.failover_trials > 0 {
@@ -393,7 +416,8 @@ struct Replica {
 }
 
 impl Replica {
-    fn start(args: &Args, identity: &str) -> Result<Self, BoxError> {
+    /// `resync`: its --resync in seconds; `None`: the operator's default.
+    fn start(args: &Args, identity: &str, resync: Option<u64>) -> Result<Self, BoxError> {
         let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = std::fs::File::create(args.run_dir.join(format!("{identity}.log")))?;
         let child = Command::new(&args.bin)
@@ -401,7 +425,8 @@ impl Replica {
             .args(["--lease-name", "hyperpage-bench", "--lease-namespace", "default"])
             .args(["--lease-duration", "6s", "--renew-deadline", "4s", "--retry-period", "1s"])
             .args(["--portal-image", IMAGE, "--polling=false"])
-            .args(["--resync", &format!("{}s", args.resync_secs), "--concurrency", &args.concurrency.to_string()])
+            .args(resync.map(|secs| ["--resync".to_string(), format!("{secs}s")]).into_iter().flatten())
+            .args(["--concurrency", &args.concurrency.to_string()])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
@@ -424,6 +449,35 @@ impl Replica {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         let field = |name: &str| status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse::<u64>().ok();
         Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// User + system CPU time so far (/proc/PID/stat fields 14 and 15, in clock ticks).
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // The command name may hold spaces: the fields counted from after its ')'.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let per_second = Command::new("getconf").arg("CLK_TCK").output().ok()?;
+        let per_second: f64 = String::from_utf8_lossy(&per_second.stdout).trim().parse().ok()?;
+        (per_second > 0.0).then(|| ticks as f64 / per_second)
+    }
+
+    /// The operator's reconcile counters, per controller (`hyperpage_reconcile_total`).
+    async fn reconciles(&self) -> BTreeMap<String, u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut body = String::new();
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.admin_port)).await
+            && stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.is_ok()
+        {
+            let _ = stream.read_to_string(&mut body).await;
+        }
+        body.lines()
+            .filter_map(|line| line.strip_prefix("hyperpage_reconcile_total{controller=\""))
+            .filter_map(|rest| {
+                let (controller, value) = rest.split_once("\"} ")?;
+                Some((controller.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
     }
 
     /// `/readyz` answers 200: a standby, or a leader whose caches synced.
@@ -473,7 +527,7 @@ impl Drop for Replica {
 async fn failover(args: &Args, client: &Client, audit: &Log, watch: &Watch, first: Replica) -> Result<Vec<Trial>, BoxError> {
     let mut trials = Vec::new();
     let mut leader = first;
-    let mut standby = Replica::start(args, "bench-b")?;
+    let mut standby = Replica::start(args, "bench-b", None)?;
     if !standby.wait_ready(Duration::from_secs(60)).await {
         return Err("the standby replica never became ready".into());
     }
@@ -536,7 +590,7 @@ async fn failover(args: &Args, client: &Client, audit: &Log, watch: &Watch, firs
         let old = leader.identity.clone();
         drop(leader);
         leader = standby;
-        standby = Replica::start(args, &old)?;
+        standby = Replica::start(args, &old, None)?;
         if !standby.wait_ready(Duration::from_secs(60)).await {
             return Err("a restarted standby never became ready".into());
         }

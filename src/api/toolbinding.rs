@@ -125,6 +125,19 @@ pub enum Provider {
     Harbor,
 }
 
+impl ToolBinding {
+    /// The Workspace this binding belongs to, as (namespace, name): the one its
+    /// `spec.workspaceRef` names in the binding's own namespace (never another namespace's).
+    pub fn workspace(&self) -> Option<(&str, &str)> {
+        Some((self.metadata.namespace.as_deref()?, self.spec.workspace_ref.name.as_str()))
+    }
+
+    /// Whether this binding belongs to Workspace `namespace/workspace` (see [`ToolBinding::workspace`]).
+    pub fn belongs_to(&self, namespace: &str, workspace: &str) -> bool {
+        self.workspace() == Some((namespace, workspace))
+    }
+}
+
 impl Provider {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -398,11 +398,7 @@ pub async fn run(
                     (sink.clone(), tx)
                 });
             }
-            let mine: Vec<Arc<ToolBinding>> = bindings
-                .state()
-                .into_iter()
-                .filter(|b| b.namespace().as_deref() == Some(namespace.as_str()) && b.spec.workspace_ref.name == ws.name_any())
-                .collect();
+            let mine: Vec<Arc<ToolBinding>> = bindings.state().into_iter().filter(|b| b.belongs_to(&namespace, &ws.name_any())).collect();
             let announced: BTreeSet<String> = state.written.announced.iter().cloned().collect();
             let (messages, announced) = transitions(ws, &mine, &announced);
             let failures: Vec<String> = {

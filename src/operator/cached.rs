@@ -26,7 +26,7 @@ pub struct Cached<K> {
     /// references: nothing else (labels and annotations are in [`Cached::owned`]).
     pub metadata: ObjectMeta,
     owned: Fingerprint,
-    /// A Deployment's `spec.replicas` and `status` as compact JSON; `None` for other kinds.
+    /// A Deployment's generation, `spec.replicas` and `status` as compact JSON; `None` for other kinds.
     progress: Option<Box<str>>,
     kind: PhantomData<fn() -> K>,
 }
@@ -48,7 +48,8 @@ impl<K: Resource<DynamicType = ()>> Cached<K> {
             .then(|| {
                 let replicas = object.get("spec").and_then(|s| s.get("replicas")).cloned().unwrap_or(Value::Null);
                 let status = object.get("status").cloned().unwrap_or(Value::Null);
-                serde_json::to_string(&serde_json::json!({"spec": {"replicas": replicas}, "status": status}))
+                let generation = metadata.generation;
+                serde_json::to_string(&serde_json::json!({"generation": generation, "spec": {"replicas": replicas}, "status": status}))
             })
             .transpose()?
             .map(String::into_boxed_str);
@@ -77,6 +78,12 @@ impl<K: Resource<DynamicType = ()>> Cached<K> {
     pub fn owned(&self) -> Fingerprint {
         self.owned
     }
+
+    /// A Deployment's generation, `spec.replicas` and `status` as compact JSON (what
+    /// [`super::child_cache::Child::progress`] reads); `None` for other kinds.
+    pub fn progress_json(&self) -> Option<&str> {
+        self.progress.as_deref()
+    }
 }
 
 /// The part of the metadata the cache keeps.
@@ -94,29 +101,6 @@ fn identity(meta: &Map<String, Value>) -> Result<ObjectMeta, serde_json::Error> 
         owner_references: field::<Vec<OwnerReference>>(meta, "ownerReferences")?,
         ..Default::default()
     })
-}
-
-impl Cached<k8s_openapi::api::apps::v1::Deployment> {
-    /// The Deployment as far as a Workspace's status reads it: metadata, `spec.replicas`
-    /// and `status` (the rest of its spec is not kept).
-    pub fn progress(&self) -> k8s_openapi::api::apps::v1::Deployment {
-        #[derive(Deserialize)]
-        struct Progress {
-            spec: ProgressSpec,
-            status: Option<k8s_openapi::api::apps::v1::DeploymentStatus>,
-        }
-        #[derive(Deserialize)]
-        struct ProgressSpec {
-            replicas: Option<i32>,
-        }
-        let kept: Option<Progress> = self.progress.as_deref().and_then(|p| serde_json::from_str(p).ok());
-        let (replicas, status) = kept.map(|p| (p.spec.replicas, p.status)).unwrap_or_default();
-        k8s_openapi::api::apps::v1::Deployment {
-            metadata: self.metadata.clone(),
-            spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec { replicas, ..Default::default() }),
-            status,
-        }
-    }
 }
 
 impl<K: Resource<DynamicType = ()> + Serialize> Cached<K> {
@@ -316,14 +300,6 @@ mod tests {
         assert_ne!(cached.owned(), Fingerprint::of_object(&applied()), "the edited image is not ours any more: drift");
         assert!(cached.metadata.labels.is_none() && cached.metadata.annotations.is_none() && cached.metadata.managed_fields.is_none());
         assert_eq!((cached.metadata.uid.as_deref(), cached.metadata.generation), (Some("u-1"), Some(3)));
-    }
-
-    #[test]
-    fn a_deployment_keeps_its_replicas_and_status() {
-        let deployment = Cached::<Deployment>::from_value(live()).unwrap().progress();
-        assert_eq!(deployment.metadata.generation, Some(3));
-        assert_eq!(deployment.spec.unwrap().replicas, Some(2));
-        assert_eq!(deployment.status.unwrap().available_replicas, Some(2));
     }
 
     #[test]

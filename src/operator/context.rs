@@ -1,10 +1,12 @@
 //! What every reconcile shares: the client, the caches, the fence and the telemetry.
 
 use super::cached::Cached;
-use super::children::{BuildConfig, FIELD_MANAGER, is_owned_by, is_referenced_by_owner};
+use super::child_cache::ChildCache;
+use super::children::{BuildConfig, FIELD_MANAGER, is_owned_by};
 use super::diff::Fingerprint;
 use super::error::{Error, backoff};
 use super::index::BindingIndex;
+use crate::api::workspace::WorkspaceStatus;
 use crate::api::{ToolBinding, Workspace};
 use crate::engine::Engine;
 use crate::lease::Fence;
@@ -18,7 +20,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,21 +30,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Read-only views of the watch caches the reconcilers work from. Children are cached as
-/// [`Cached`]: metadata, the fields the operator owns, and status.
+/// [`super::child_cache::Child`]: uid, owners, the fields the operator owns, a Deployment's progress.
 #[derive(Clone)]
 pub struct Stores {
     pub workspaces: Store<Workspace>,
     pub bindings: Store<ToolBinding>,
     /// The bindings of each Workspace, kept in step with `bindings`.
     pub bindings_by_workspace: BindingIndex,
-    pub deployments: Store<Cached<Deployment>>,
-    pub services: Store<Cached<Service>>,
-    pub service_accounts: Store<Cached<ServiceAccount>>,
-    pub roles: Store<Cached<Role>>,
-    pub role_bindings: Store<Cached<RoleBinding>>,
-    pub network_policies: Store<Cached<NetworkPolicy>>,
-    pub ingresses: Store<Cached<Ingress>>,
-    pub pod_disruption_budgets: Store<Cached<PodDisruptionBudget>>,
+    pub deployments: ChildCache<Deployment>,
+    pub services: ChildCache<Service>,
+    pub service_accounts: ChildCache<ServiceAccount>,
+    pub roles: ChildCache<Role>,
+    pub role_bindings: ChildCache<RoleBinding>,
+    pub network_policies: ChildCache<NetworkPolicy>,
+    pub ingresses: ChildCache<Ingress>,
+    pub pod_disruption_budgets: ChildCache<PodDisruptionBudget>,
 }
 
 pub struct Context {
@@ -62,6 +64,47 @@ pub struct Context {
     /// `Kind/namespace/name` of children the API server stored differently from how they
     /// were applied: (fingerprint applied, fingerprint stored). Normally empty.
     stored_differently: Mutex<HashMap<String, (Fingerprint, Fingerprint)>>,
+    /// Workspace statuses written whose echo the cache may not show yet.
+    pub workspace_statuses: WrittenStatuses<WorkspaceStatus>,
+    /// Events being published (see [`Context::publish_event`]).
+    events_in_flight: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Statuses this process wrote, each with the resourceVersion the object had in the cache
+/// when it was written. A reconcile that starts before the watch delivered the write (a
+/// child's event wakes the Workspace while its own status write is in flight) would compare
+/// its status with the stale one and write the same status again, and announce the same
+/// transition twice; while the cache shows that same resourceVersion, the written status is
+/// the one to compare with. An entry goes once the cache moved on.
+pub struct WrittenStatuses<S> {
+    written: Mutex<HashMap<String, (Option<String>, S)>>,
+}
+
+impl<S> Default for WrittenStatuses<S> {
+    fn default() -> Self {
+        Self { written: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<S: Clone> WrittenStatuses<S> {
+    /// The status written for `key`, if the cache still shows the object at the
+    /// resourceVersion it had before that write.
+    pub fn pending(&self, key: &str, cached_version: Option<&str>) -> Option<S> {
+        let mut written = self.written.lock().expect("written statuses lock poisoned");
+        match written.get(key) {
+            Some((before, status)) if before.as_deref() == cached_version => Some(status.clone()),
+            Some(_) => {
+                written.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// `status` was written over the object the cache showed at `cached_version`.
+    pub fn wrote(&self, key: String, cached_version: Option<String>, status: S) {
+        self.written.lock().expect("written statuses lock poisoned").insert(key, (cached_version, status));
+    }
 }
 
 impl Context {
@@ -80,6 +123,8 @@ impl Context {
             credentials,
             failures: Mutex::new(HashMap::new()),
             stored_differently: Mutex::new(HashMap::new()),
+            workspace_statuses: WrittenStatuses::default(),
+            events_in_flight: Mutex::new(Vec::new()),
         }
     }
 
@@ -100,7 +145,7 @@ impl Context {
 
     /// Server-side applies `desired` unless the cached live object already matches it.
     /// Returns whether a request was sent.
-    pub async fn apply_if_changed<K>(&self, controller: &'static str, store: &Store<Cached<K>>, desired: &K) -> Result<bool, Error>
+    pub async fn apply_if_changed<K>(&self, controller: &'static str, store: &ChildCache<K>, desired: &K) -> Result<bool, Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + Debug,
     {
@@ -110,7 +155,7 @@ impl Context {
         let mut body = serde_json::to_value(desired).map_err(|source| Error::Serialize { kind, source })?;
         let want = Fingerprint::of_object(&body);
         let stored_key = format!("{kind}/{namespace}/{name}");
-        if let Some(live) = store.get(&ObjectRef::new(&name).within(&namespace)) {
+        if let Some(live) = store.get(&namespace, &name) {
             let stored_as = self.stored_differently.lock().expect("stored_differently lock poisoned").get(&stored_key).copied();
             if live.owned() == want || stored_as == Some((want, live.owned())) {
                 return Ok(false);
@@ -150,15 +195,15 @@ impl Context {
     /// `Kind/name` when an object with the name of `desired` exists but is not `owner`'s own
     /// child (unlabelled, or not owned by it): the operator must leave it alone. The label
     /// selected caches only hold labelled objects, so a name missing there is read once.
-    pub async fn foreign_object<K>(&self, store: &Store<Cached<K>>, desired: &K, owner: &Workspace) -> Result<Option<String>, Error>
+    pub async fn foreign_object<K>(&self, store: &ChildCache<K>, desired: &K, owner: &Workspace) -> Result<Option<String>, Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
     {
         let kind = kind_of::<K>();
         let name = desired.name_any();
         let namespace = desired.namespace().unwrap_or_default();
-        let owned = match store.get(&ObjectRef::new(&name).within(&namespace)) {
-            Some(live) => is_referenced_by_owner(live.meta(), owner),
+        let owned = match store.get(&namespace, &name) {
+            Some(live) => live.is_owned_by(owner),
             None => match self.read_live::<K>(&namespace, &name).await? {
                 Some(live) => is_owned_by(live.meta(), owner),
                 None => true,
@@ -181,7 +226,7 @@ impl Context {
     pub async fn delete_if_present<K>(
         &self,
         controller: &'static str,
-        store: &Store<Cached<K>>,
+        store: &ChildCache<K>,
         owner: &Workspace,
         name: &str,
     ) -> Result<bool, Error>
@@ -190,7 +235,7 @@ impl Context {
     {
         let namespace = owner.namespace().unwrap_or_default();
         let namespace = namespace.as_str();
-        if !store.get(&ObjectRef::new(name).within(namespace)).is_some_and(|live| is_referenced_by_owner(live.meta(), owner)) {
+        if !store.get(namespace, name).is_some_and(|live| live.is_owned_by(owner)) {
             return Ok(false);
         }
         self.ensure_leader()?;
@@ -227,8 +272,11 @@ impl Context {
         Ok(())
     }
 
-    /// Publishes an Event; a failure is logged, never fatal, since the condition says it too.
-    pub async fn publish_event(
+    /// Publishes an Event off the reconcile's path (on a task of its own): a failure is
+    /// logged, never fatal, since the condition says it too, so the reconcile need not wait
+    /// a round trip for it; at a cold start that was one more request per Workspace in a
+    /// reconcile slot. Still fenced: a deposed leader's client refuses it.
+    pub fn publish_event(
         &self,
         controller: &'static str,
         reference: &ObjectReference,
@@ -253,9 +301,23 @@ impl Context {
         // transition, so that cache held every cold start's Events (four per Workspace with
         // its binding) for as long as nothing else happened and serialised the publishing.
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        match recorder.publish(&event, reference).await {
-            Ok(()) => self.metrics.record_write(controller, "Event", "create"),
-            Err(error) => tracing::warn!(%error, reason, "failed to publish event"),
+        let (metrics, reference, reason) = (self.metrics.clone(), reference.clone(), reason.to_string());
+        let publishing = tokio::spawn(async move {
+            match recorder.publish(&event, &reference).await {
+                Ok(()) => metrics.record_write(controller, "Event", "create"),
+                Err(error) => tracing::warn!(%error, reason, "failed to publish event"),
+            }
+        });
+        let mut in_flight = self.events_in_flight.lock().expect("events lock poisoned");
+        in_flight.retain(|task| !task.is_finished());
+        in_flight.push(publishing);
+    }
+
+    /// Resolves once every Event published so far was sent (or failed).
+    pub async fn events_sent(&self) {
+        let in_flight = std::mem::take(&mut *self.events_in_flight.lock().expect("events lock poisoned"));
+        for task in in_flight {
+            let _ = task.await;
         }
     }
 
@@ -291,4 +353,20 @@ pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
 /// `namespace/name`, the key used in logs and the failure counter.
 pub fn object_key<K: ResourceExt>(object: &K) -> String {
     format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WrittenStatuses;
+
+    #[test]
+    fn a_written_status_counts_until_the_cache_moves_on() {
+        let statuses = WrittenStatuses::default();
+        assert_eq!(statuses.pending("a/ws", Some("5")), None, "nothing written");
+        statuses.wrote("a/ws".into(), Some("5".into()), "RollingOut");
+        assert_eq!(statuses.pending("a/ws", Some("5")), Some("RollingOut"), "the cache still shows the object before the write");
+        assert_eq!(statuses.pending("b/ws", Some("5")), None, "another object");
+        assert_eq!(statuses.pending("a/ws", Some("6")), None, "the cache moved on: its status counts");
+        assert_eq!(statuses.pending("a/ws", Some("5")), None, "and the entry is gone");
+    }
 }

@@ -8,39 +8,40 @@
 use crate::api::ToolBinding;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-
-/// (namespace, name): a binding's or a Workspace's place.
-type Place = (String, String);
 
 #[derive(Clone, Default)]
 pub struct BindingIndex {
     inner: Arc<RwLock<Inner>>,
 }
 
+/// Keys are `namespace/name` in one allocation, and a Workspace's bindings a sorted list:
+/// the index holds an entry per binding at 10,000 of them, so a pair of `String`s per key
+/// and a B-tree node per Workspace (~500 B per binding) were most of its memory.
 #[derive(Default)]
 struct Inner {
-    /// (namespace, workspace) → the names of the bindings that reference it.
-    by_workspace: HashMap<Place, BTreeSet<String>>,
-    /// (namespace, binding) → the workspace it references, to move it when its spec changes.
-    workspace_of: HashMap<Place, String>,
+    /// `namespace/workspace` → the names of the bindings that belong to it, sorted.
+    by_workspace: HashMap<Box<str>, Vec<Box<str>>>,
+    /// `namespace/binding` → the workspace it belongs to, to move it when its spec changes.
+    workspace_of: HashMap<Box<str>, Box<str>>,
 }
 
-/// Which Workspace a binding belongs to: the one of `spec.workspaceRef.name` in its own
-/// namespace (the same rule as [`super::workspace::bindings_of`]).
-fn place(binding: &ToolBinding) -> Option<(Place, String)> {
-    let namespace = binding.metadata.namespace.clone()?;
-    let name = binding.metadata.name.clone()?;
-    Some(((namespace, name), binding.spec.workspace_ref.name.clone()))
+fn key(namespace: &str, name: &str) -> Box<str> {
+    format!("{namespace}/{name}").into_boxed_str()
 }
 
 impl BindingIndex {
     /// The bindings of Workspace `namespace/workspace`, sorted by name.
     pub fn bindings_of(&self, namespace: &str, workspace: &str) -> Vec<ObjectRef<ToolBinding>> {
         let inner = self.inner.read().expect("binding index lock poisoned");
-        let key = (namespace.to_string(), workspace.to_string());
-        inner.by_workspace.get(&key).into_iter().flatten().map(|name| ObjectRef::new(name).within(namespace)).collect()
+        inner
+            .by_workspace
+            .get(&key(namespace, workspace))
+            .into_iter()
+            .flatten()
+            .map(|name| ObjectRef::new(name).within(namespace))
+            .collect()
     }
 
     /// Follows one event of the bindings' watch (after the store applied it).
@@ -49,8 +50,8 @@ impl BindingIndex {
         match event {
             Event::Apply(binding) => inner.insert(binding),
             Event::Delete(binding) => {
-                if let Some((place, _)) = place(binding) {
-                    inner.remove(&place);
+                if let (Some(namespace), Some(name)) = (binding.metadata.namespace.as_deref(), binding.metadata.name.as_deref()) {
+                    inner.remove(namespace, name);
                 }
             }
             Event::InitDone => {
@@ -66,22 +67,25 @@ impl BindingIndex {
 
 impl Inner {
     fn insert(&mut self, binding: &ToolBinding) {
-        let Some((place, workspace)) = place(binding) else { return };
-        if self.workspace_of.get(&place) == Some(&workspace) {
+        let (Some((namespace, workspace)), Some(name)) = (binding.workspace(), binding.metadata.name.as_deref()) else { return };
+        if self.workspace_of.get(&key(namespace, name)).is_some_and(|w| w.as_ref() == workspace) {
             return;
         }
-        self.remove(&place);
-        self.by_workspace.entry((place.0.clone(), workspace.clone())).or_default().insert(place.1.clone());
-        self.workspace_of.insert(place, workspace);
+        self.remove(namespace, name);
+        let names = self.by_workspace.entry(key(namespace, workspace)).or_default();
+        if let Err(at) = names.binary_search_by(|n| n.as_ref().cmp(name)) {
+            names.insert(at, name.into());
+        }
+        self.workspace_of.insert(key(namespace, name), workspace.into());
     }
 
-    fn remove(&mut self, place: &Place) {
-        let Some(workspace) = self.workspace_of.remove(place) else { return };
-        let key = (place.0.clone(), workspace);
-        if let Some(names) = self.by_workspace.get_mut(&key) {
-            names.remove(&place.1);
+    fn remove(&mut self, namespace: &str, name: &str) {
+        let Some(workspace) = self.workspace_of.remove(&key(namespace, name)) else { return };
+        let workspace_key = key(namespace, &workspace);
+        if let Some(names) = self.by_workspace.get_mut(&workspace_key) {
+            names.retain(|n| n.as_ref() != name);
             if names.is_empty() {
-                self.by_workspace.remove(&key);
+                self.by_workspace.remove(&workspace_key);
             }
         }
     }

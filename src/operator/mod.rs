@@ -1,6 +1,7 @@
 //! `hyperpage operator`: leader election, the two controllers and the admin server.
 
 pub mod cached;
+pub mod child_cache;
 pub mod children;
 pub mod context;
 pub mod diff;
@@ -21,7 +22,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::lease::{Fence, FenceLayer, LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::providers::credential::{self, Credentials};
-use cached::Cached;
+use child_cache::ChildCache;
 use children::{BuildConfig, MANAGED_BY};
 use context::{Context, Stores, object_key};
 use error::Error;
@@ -171,14 +172,14 @@ struct Caches {
     workspaces: WarmCache<Workspace>,
     bindings: WarmCache<ToolBinding>,
     bindings_by_workspace: BindingIndex,
-    deployments: WarmCache<Cached<Deployment>>,
-    services: WarmCache<Cached<Service>>,
-    service_accounts: WarmCache<Cached<ServiceAccount>>,
-    roles: WarmCache<Cached<Role>>,
-    role_bindings: WarmCache<Cached<RoleBinding>>,
-    network_policies: WarmCache<Cached<NetworkPolicy>>,
-    ingresses: WarmCache<Cached<Ingress>>,
-    pod_disruption_budgets: WarmCache<Cached<PodDisruptionBudget>>,
+    deployments: ChildCache<Deployment>,
+    services: ChildCache<Service>,
+    service_accounts: ChildCache<ServiceAccount>,
+    roles: ChildCache<Role>,
+    role_bindings: ChildCache<RoleBinding>,
+    network_policies: ChildCache<NetworkPolicy>,
+    ingresses: ChildCache<Ingress>,
+    pod_disruption_budgets: ChildCache<PodDisruptionBudget>,
     /// Opted-in Secrets' metadata: the credential checks read it instead of the API server,
     /// and a change (deletes included) re-checks the bindings naming the Secret.
     opted_in_secrets: WarmCache<PartialObjectMeta<Secret>>,
@@ -192,14 +193,14 @@ impl Caches {
         let bindings_by_workspace = BindingIndex::default();
         let index = bindings_by_workspace.clone();
         let (bindings, tb) = scope.warm_cache_following(all(), move |event, store| index.follow(event, || store.state()));
-        let (deployments, deploy) = scope.warm_cache(managed_children());
-        let (services, svc) = scope.warm_cache(managed_children());
-        let (service_accounts, sa) = scope.warm_cache(managed_children());
-        let (roles, role) = scope.warm_cache(managed_children());
-        let (role_bindings, rb) = scope.warm_cache(managed_children());
-        let (network_policies, np) = scope.warm_cache(managed_children());
-        let (ingresses, ing) = scope.warm_cache(managed_children());
-        let (pod_disruption_budgets, pdb) = scope.warm_cache(managed_children());
+        let (deployments, deploy) = scope.child_cache(managed_children());
+        let (services, svc) = scope.child_cache(managed_children());
+        let (service_accounts, sa) = scope.child_cache(managed_children());
+        let (roles, role) = scope.child_cache(managed_children());
+        let (role_bindings, rb) = scope.child_cache(managed_children());
+        let (network_policies, np) = scope.child_cache(managed_children());
+        let (ingresses, ing) = scope.child_cache(managed_children());
+        let (pod_disruption_budgets, pdb) = scope.child_cache(managed_children());
         let (opted_in_secrets, secrets) = scope.warm_cache(credential::opted_in());
         let drives = futures::future::join_all(vec![
             ws.boxed(),
@@ -237,14 +238,14 @@ impl Caches {
             workspaces: self.workspaces.store.clone(),
             bindings: self.bindings.store.clone(),
             bindings_by_workspace: self.bindings_by_workspace.clone(),
-            deployments: self.deployments.store.clone(),
-            services: self.services.store.clone(),
-            service_accounts: self.service_accounts.store.clone(),
-            roles: self.roles.store.clone(),
-            role_bindings: self.role_bindings.store.clone(),
-            network_policies: self.network_policies.store.clone(),
-            ingresses: self.ingresses.store.clone(),
-            pod_disruption_budgets: self.pod_disruption_budgets.store.clone(),
+            deployments: self.deployments.clone(),
+            services: self.services.clone(),
+            service_accounts: self.service_accounts.clone(),
+            roles: self.roles.clone(),
+            role_bindings: self.role_bindings.clone(),
+            network_policies: self.network_policies.clone(),
+            ingresses: self.ingresses.clone(),
+            pod_disruption_budgets: self.pod_disruption_budgets.clone(),
         }
     }
 }
@@ -305,14 +306,14 @@ async fn run_controllers(client: Client, config: &OperatorConfig, caches: &Cache
     let controller_config = ControllerConfig::default().concurrency(config.concurrency);
 
     let workspace_controller = Controller::for_shared_stream(caches.workspaces.objects(), workspaces.clone())
-        .owns_shared_stream(caches.deployments.objects())
-        .owns_shared_stream(caches.services.objects())
-        .owns_shared_stream(caches.service_accounts.objects())
-        .owns_shared_stream(caches.roles.objects())
-        .owns_shared_stream(caches.role_bindings.objects())
-        .owns_shared_stream(caches.network_policies.objects())
-        .owns_shared_stream(caches.ingresses.objects())
-        .owns_shared_stream(caches.pod_disruption_budgets.objects())
+        .reconcile_on(caches.deployments.owners_changed())
+        .reconcile_on(caches.services.owners_changed())
+        .reconcile_on(caches.service_accounts.owners_changed())
+        .reconcile_on(caches.roles.owners_changed())
+        .reconcile_on(caches.role_bindings.owners_changed())
+        .reconcile_on(caches.network_policies.owners_changed())
+        .reconcile_on(caches.ingresses.owners_changed())
+        .reconcile_on(caches.pod_disruption_budgets.owners_changed())
         .watches_shared_stream(caches.bindings.objects(), |binding: Arc<ToolBinding>| {
             binding.namespace().map(|ns| ObjectRef::<Workspace>::new(&binding.spec.workspace_ref.name).within(&ns))
         })
@@ -411,9 +412,8 @@ where
 
 /// Resolves once every watch cache has seen its first complete list.
 async fn caches_synced(stores: &Stores) {
-    let _ = futures::future::join_all([
-        stores.workspaces.wait_until_ready().boxed(),
-        stores.bindings.wait_until_ready().boxed(),
+    let _ = futures::future::join(stores.workspaces.wait_until_ready(), stores.bindings.wait_until_ready()).await;
+    futures::future::join_all([
         stores.deployments.wait_until_ready().boxed(),
         stores.services.wait_until_ready().boxed(),
         stores.service_accounts.wait_until_ready().boxed(),

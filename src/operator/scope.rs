@@ -6,6 +6,8 @@
 //! keeps the last list of each namespace and turns any namespace's relist into one relist of
 //! all of them (sent once every namespace has listed at least once).
 
+use super::cached::Cached;
+use super::child_cache::ChildCache;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
@@ -64,6 +66,17 @@ impl Scope {
             1 => watches.remove(0).1,
             _ => merge_namespaces(watches).boxed(),
         }
+    }
+
+    /// A cache of the operator's children of kind `K` in scope (see [`ChildCache`]), and the
+    /// future that keeps it current. Each namespace's watch relists on its own; no merge.
+    pub fn child_cache<K>(&self, config: watcher::Config) -> (ChildCache<K>, impl std::future::Future<Output = ()> + Send + use<K>)
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Send + Sync + 'static,
+    {
+        let watches = self.watches::<Cached<K>>(config);
+        let cache = ChildCache::new(watches.len());
+        (cache.clone(), cache.run(watches))
     }
 
     /// A watch cache of `K` in scope that lives as long as the process, and the future that

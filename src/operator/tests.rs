@@ -3,6 +3,7 @@
 //! nothing changed or when this replica is not the leader.
 
 use super::cached::{self, Cached};
+use super::child_cache::ChildCache;
 use super::children::{self, BuildConfig};
 use super::context::{Context, Stores};
 use super::error::Error;
@@ -125,49 +126,36 @@ fn writes(requests: &[Recorded]) -> Vec<&Recorded> {
 /// Writers for every cache, so a test can say what the watches have seen.
 struct Caches {
     workspaces: Writer<Workspace>,
-    deployments: Writer<Cached<Deployment>>,
-    services: Writer<Cached<k8s_openapi::api::core::v1::Service>>,
-    service_accounts: Writer<Cached<k8s_openapi::api::core::v1::ServiceAccount>>,
-    roles: Writer<Cached<k8s_openapi::api::rbac::v1::Role>>,
-    role_bindings: Writer<Cached<k8s_openapi::api::rbac::v1::RoleBinding>>,
-    network_policies: Writer<Cached<k8s_openapi::api::networking::v1::NetworkPolicy>>,
+    deployments: ChildCache<Deployment>,
+    services: ChildCache<k8s_openapi::api::core::v1::Service>,
+    service_accounts: ChildCache<k8s_openapi::api::core::v1::ServiceAccount>,
+    roles: ChildCache<k8s_openapi::api::rbac::v1::Role>,
+    role_bindings: ChildCache<k8s_openapi::api::rbac::v1::RoleBinding>,
+    network_policies: ChildCache<k8s_openapi::api::networking::v1::NetworkPolicy>,
 }
 
 fn context(client: Client, fence: Fence) -> (Arc<Context>, Caches) {
     let (workspaces, ws_w) = reflector::store();
     let (bindings, _tb_w) = reflector::store();
-    let (deployments, d_w) = reflector::store();
-    let (services, s_w) = reflector::store();
-    let (service_accounts, sa_w) = reflector::store();
-    let (roles, r_w) = reflector::store();
-    let (role_bindings, rb_w) = reflector::store();
-    let (network_policies, np_w) = reflector::store();
-    let (ingresses, _ing_w) = reflector::store();
-    let (pod_disruption_budgets, _pdb_w) = reflector::store();
+    let (deployments, services, service_accounts) = (ChildCache::new(1), ChildCache::new(1), ChildCache::new(1));
+    let (roles, role_bindings, network_policies) = (ChildCache::new(1), ChildCache::new(1), ChildCache::new(1));
+    let (ingresses, pod_disruption_budgets) = (ChildCache::new(1), ChildCache::new(1));
     let stores = Stores {
         workspaces,
         bindings,
         bindings_by_workspace: Default::default(),
-        deployments,
-        services,
-        service_accounts,
-        roles,
-        role_bindings,
-        network_policies,
+        deployments: deployments.clone(),
+        services: services.clone(),
+        service_accounts: service_accounts.clone(),
+        roles: roles.clone(),
+        role_bindings: role_bindings.clone(),
+        network_policies: network_policies.clone(),
         ingresses,
         pod_disruption_budgets,
     };
     let build = BuildConfig::new("ghcr.io/hyperpage-dev/hyperpage:0.1.0");
     let ctx = Arc::new(Context::new(client, stores, build, fence, Metrics::new(), Duration::from_secs(600)));
-    let caches = Caches {
-        workspaces: ws_w,
-        deployments: d_w,
-        services: s_w,
-        service_accounts: sa_w,
-        roles: r_w,
-        role_bindings: rb_w,
-        network_policies: np_w,
-    };
+    let caches = Caches { workspaces: ws_w, deployments, services, service_accounts, roles, role_bindings, network_policies };
     (ctx, caches)
 }
 
@@ -176,6 +164,10 @@ where
     K::DynamicType: Clone + Eq + std::hash::Hash,
 {
     writer.apply_watcher_event(&watcher::Event::Apply(object));
+}
+
+fn seen_child<K: Resource<DynamicType = ()>>(cache: &ChildCache<K>, object: Cached<K>) {
+    cache.follow("", watcher::Event::Apply(object));
 }
 
 fn workspace_fixture() -> Workspace {
@@ -190,9 +182,9 @@ fn binding_fixture() -> ToolBinding {
 /// server-side defaults.
 fn converge_children(ws: &Workspace, ctx: &Context, caches: &mut Caches, available: i32) {
     let c = children::build(ws, &ctx.build);
-    seen(&mut caches.service_accounts, Cached::new(&c.service_account));
-    seen(&mut caches.roles, Cached::new(&c.role));
-    seen(&mut caches.role_bindings, Cached::new(&c.role_binding));
+    seen_child(&caches.service_accounts, Cached::new(&c.service_account));
+    seen_child(&caches.roles, Cached::new(&c.role));
+    seen_child(&caches.role_bindings, Cached::new(&c.role_binding));
     let mut deployment = c.deployment;
     deployment.metadata.generation = Some(1);
     deployment.metadata.resource_version = Some("42".into());
@@ -203,11 +195,11 @@ fn converge_children(ws: &Workspace, ctx: &Context, caches: &mut Caches, availab
         }))
         .unwrap(),
     );
-    seen(&mut caches.deployments, Cached::new(&deployment));
+    seen_child(&caches.deployments, Cached::new(&deployment));
     let mut service = c.service.clone();
     service.spec.as_mut().unwrap().cluster_ip = Some("10.96.12.34".into());
-    seen(&mut caches.services, cached::as_applied(&service, &c.service));
-    seen(&mut caches.network_policies, Cached::new(&c.network_policy));
+    seen_child(&caches.services, cached::as_applied(&service, &c.service));
+    seen_child(&caches.network_policies, Cached::new(&c.network_policy));
 }
 
 /// The status the operator would write for what the caches hold now.
@@ -228,7 +220,8 @@ async fn first_reconcile_applies_every_child_and_reports_progress() {
     let (ctx, _caches) = context(client, Fence::always_open());
     let ws = Arc::new(workspace_fixture());
 
-    workspace::reconcile(ws, ctx).await.unwrap();
+    workspace::reconcile(ws, ctx.clone()).await.unwrap();
+    ctx.events_sent().await;
 
     let requests = api.take();
     let applied: Vec<_> =
@@ -264,6 +257,7 @@ async fn a_converged_workspace_costs_zero_writes_on_resync() {
 
     for _ in 0..3 {
         workspace::reconcile(Arc::new(ws.clone()), ctx.clone()).await.unwrap();
+        ctx.events_sent().await;
     }
 
     assert!(writes(&api.take()).is_empty(), "a converged workspace must not be written to");
@@ -280,9 +274,10 @@ async fn drift_in_a_child_is_repaired_with_one_apply() {
     let mut service = children::build(&ws, &ctx.build).service;
     service.spec.as_mut().unwrap().type_ = Some("NodePort".into());
     service.metadata.uid = Some("5e7c1c5e-0000-4000-8000-00000000000a".into());
-    seen(&mut caches.services, Cached::new(&service));
+    seen_child(&caches.services, Cached::new(&service));
 
-    workspace::reconcile(Arc::new(ws), ctx).await.unwrap();
+    workspace::reconcile(Arc::new(ws), ctx.clone()).await.unwrap();
+    ctx.events_sent().await;
 
     let w = api.take();
     let paths: Vec<_> = writes(&w).iter().map(|r| r.path.clone()).collect();
@@ -303,7 +298,8 @@ async fn an_available_deployment_makes_the_workspace_ready() {
 
     // kubelet (kwok) marks the pod ready; the Deployment reports it.
     converge_children(&ws, &ctx, &mut caches, 1);
-    workspace::reconcile(Arc::new(ws), ctx).await.unwrap();
+    workspace::reconcile(Arc::new(ws), ctx.clone()).await.unwrap();
+    ctx.events_sent().await;
 
     let requests = api.take();
     let w = writes(&requests);
@@ -324,6 +320,7 @@ async fn a_missing_secret_then_its_arrival_flip_credentials_valid() {
     let mut binding = binding_fixture();
 
     toolbinding::reconcile(Arc::new(binding.clone()), ctx.clone()).await.unwrap();
+    ctx.events_sent().await;
 
     let requests = api.take();
     // The Secret is asked for only through a LIST selecting the credential label: an
@@ -355,6 +352,7 @@ async fn a_missing_secret_then_its_arrival_flip_credentials_valid() {
         (StatusCode::OK, echo(path, body))
     }));
     toolbinding::reconcile(Arc::new(binding.clone()), ctx.clone()).await.unwrap();
+    ctx.events_sent().await;
 
     let requests = api.take();
     assert!(requests.iter().all(|r| !r.path.contains("/secrets/")), "no GET of a named Secret");
@@ -374,7 +372,8 @@ async fn a_missing_secret_then_its_arrival_flip_credentials_valid() {
 
     // Nothing changes on the next resync.
     binding.status = Some(serde_json::from_value(status.body["status"].clone()).unwrap());
-    toolbinding::reconcile(Arc::new(binding), ctx).await.unwrap();
+    toolbinding::reconcile(Arc::new(binding), ctx.clone()).await.unwrap();
+    ctx.events_sent().await;
     assert!(writes(&api.take()).is_empty());
 }
 
@@ -387,8 +386,10 @@ async fn a_replica_that_lost_leadership_makes_no_writes() {
     fence.close();
 
     let result = workspace::reconcile(Arc::new(workspace_fixture()), ctx.clone()).await;
+    ctx.events_sent().await;
     assert!(matches!(result, Err(Error::NotLeader)), "{result:?}");
-    let result = toolbinding::reconcile(Arc::new(binding_fixture()), ctx).await;
+    let result = toolbinding::reconcile(Arc::new(binding_fixture()), ctx.clone()).await;
+    ctx.events_sent().await;
     assert!(matches!(result, Err(Error::NotLeader)), "{result:?}");
 
     assert!(writes(&api.take()).is_empty(), "no writes after losing the lease");
@@ -417,7 +418,8 @@ async fn an_object_in_the_way_is_never_applied_over() {
         (StatusCode::OK, echo(path, body))
     }));
 
-    workspace::reconcile(Arc::new(workspace_fixture()), ctx).await.unwrap();
+    workspace::reconcile(Arc::new(workspace_fixture()), ctx.clone()).await.unwrap();
+    ctx.events_sent().await;
 
     let requests = api.take();
     let w = writes(&requests);
@@ -436,7 +438,8 @@ async fn a_policy_violation_applies_only_what_is_allowed() {
     let (ctx, _caches) = context(client, Fence::always_open());
     let ws: Workspace = serde_norway::from_str(include_str!("../../tests/fixtures/workspace-ha-ingress.yaml")).unwrap();
 
-    workspace::reconcile(Arc::new(ws), ctx).await.unwrap();
+    workspace::reconcile(Arc::new(ws), ctx.clone()).await.unwrap();
+    ctx.events_sent().await;
 
     let requests = api.take();
     let applied: Vec<_> = requests

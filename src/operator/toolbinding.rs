@@ -157,14 +157,14 @@ pub fn needs_write(previous: &ToolBindingStatus, new: &ToolBindingStatus, heartb
 async fn publish_transitions(binding: &ToolBinding, ctx: &Context, previous: &ToolBindingStatus, status: &ToolBindingStatus) {
     let reference = binding.object_ref(&());
     for (warning, reason, message) in transitions(previous, status) {
-        ctx.publish_event(CONTROLLER, &reference, warning, &reason, message, "Sync").await;
+        ctx.publish_event(CONTROLLER, &reference, warning, &reason, message, "Sync");
     }
     let failing = |s: &ToolBindingStatus| s.summary.as_ref().map_or(0, |s| s.failing_pipelines);
     if failing(status) > failing(previous) {
         let names: Vec<String> =
             status.items.iter().flat_map(|i| &i.pipelines).filter(|p| p.failing).map(|p| p.id.clone()).take(5).collect();
         let note = format!("{} pipelines failing (was {}): {}", failing(status), failing(previous), names.join(", "));
-        ctx.publish_event(CONTROLLER, &reference, true, "PipelineFailing", note, "Sync").await;
+        ctx.publish_event(CONTROLLER, &reference, true, "PipelineFailing", note, "Sync");
     }
 }
 

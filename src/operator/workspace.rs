@@ -11,7 +11,6 @@ use crate::api::{ToolBinding, Workspace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 
@@ -66,8 +65,8 @@ pub struct Observed {
 pub fn observe(ws: &Workspace, ctx: &Context) -> Observed {
     let namespace = ws.namespace().unwrap_or_default();
     let name = ws.name_any();
-    let deployment =
-        ctx.stores.deployments.get(&ObjectRef::new(&children::child_name(&name)).within(&namespace)).map(|d| Arc::new(d.progress()));
+    let child = children::child_name(&name);
+    let deployment = ctx.stores.deployments.get(&namespace, &child).and_then(|d| d.progress(&namespace, &child)).map(Arc::new);
     let bindings =
         ctx.stores.bindings_by_workspace.bindings_of(&namespace, &name).iter().filter_map(|key| ctx.stores.bindings.get(key)).collect();
     Observed { deployment, bindings }
@@ -75,11 +74,7 @@ pub fn observe(ws: &Workspace, ctx: &Context) -> Observed {
 
 /// The ToolBindings that reference a Workspace, sorted by name for stable output.
 pub fn bindings_of(all: &[Arc<ToolBinding>], namespace: &str, workspace: &str) -> Vec<Arc<ToolBinding>> {
-    let mut bindings: Vec<_> = all
-        .iter()
-        .filter(|b| b.metadata.namespace.as_deref() == Some(namespace) && b.spec.workspace_ref.name == workspace)
-        .cloned()
-        .collect();
+    let mut bindings: Vec<_> = all.iter().filter(|b| b.belongs_to(namespace, workspace)).cloned().collect();
     bindings.sort_by_key(|b| b.name_any());
     bindings
 }
@@ -107,6 +102,15 @@ pub async fn reconcile(ws: Arc<Workspace>, ctx: Arc<Context>) -> Result<Action, 
 
 async fn reconcile_inner(ws: &Workspace, ctx: &Context) -> Result<Action, Error> {
     ws.namespace().ok_or_else(|| Error::MissingNamespace(ws.name_any()))?;
+    // The status this process wrote last, while the cache has not shown it yet.
+    let with_written;
+    let ws = match ctx.workspace_statuses.pending(&object_key(ws), ws.metadata.resource_version.as_deref()) {
+        Some(status) => {
+            with_written = Workspace { status: Some(status), ..ws.clone() };
+            &with_written
+        }
+        None => ws,
+    };
     if ws.meta().deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the children.
         return Ok(Action::await_change());
@@ -189,8 +193,7 @@ async fn apply_children(ctx: &Context, ws: &Workspace, desired: &Children, refus
     let deployment = if refusals.refuses(Refused::Deployment) {
         // The running images are not in the cache (only a fingerprint of them): read them.
         let (namespace, name) = (ws.namespace().unwrap_or_default(), desired.deployment.name_any());
-        let owned =
-            s.deployments.get(&ObjectRef::new(&name).within(&namespace)).is_some_and(|d| children::is_referenced_by_owner(d.meta(), ws));
+        let owned = s.deployments.get(&namespace, &name).is_some_and(|d| d.is_owned_by(ws));
         match owned {
             true => {
                 ctx.read_live::<Deployment>(&namespace, &name).await?.and_then(|live| children::keep_images(&desired.deployment, &live))
@@ -242,6 +245,7 @@ async fn write_status(ws: &Workspace, ctx: &Context, status: WorkspaceStatus) ->
         return Ok(());
     }
     ctx.apply_status(CONTROLLER, ws, &status).await?;
+    ctx.workspace_statuses.wrote(object_key(ws), ws.metadata.resource_version.clone(), status.clone());
     let was = conditions::find(&previous.conditions, READY);
     if let Some(now) = conditions::find(&status.conditions, READY)
         && was.map(|c| (&c.status, &c.reason)) != Some((&now.status, &now.reason))
@@ -250,7 +254,7 @@ async fn write_status(ws: &Workspace, ctx: &Context, status: WorkspaceStatus) ->
         && !(was.is_none() && now.reason == "RollingOut")
     {
         let warning = now.status != "True" && now.reason != "RollingOut";
-        ctx.publish_event(CONTROLLER, &ws.object_ref(&()), warning, &now.reason, now.message.clone(), "Reconcile").await;
+        ctx.publish_event(CONTROLLER, &ws.object_ref(&()), warning, &now.reason, now.message.clone(), "Reconcile");
     }
     // A name conflict is reported even when Ready already says why it is not ready.
     let conflict = Refusal::NameConflict.reason();
@@ -261,7 +265,7 @@ async fn write_status(ws: &Workspace, ctx: &Context, status: WorkspaceStatus) ->
         && was != Some(conflict)
         && ready_reason != Some(conflict)
     {
-        ctx.publish_event(CONTROLLER, &ws.object_ref(&()), true, conflict, now.message.clone(), "Reconcile").await;
+        ctx.publish_event(CONTROLLER, &ws.object_ref(&()), true, conflict, now.message.clone(), "Reconcile");
     }
     Ok(())
 }
