@@ -553,12 +553,19 @@ async fn failover(args: &Args, client: &Client, audit: &Log, watch: &Watch, firs
         let generation = changed.metadata.generation;
         leader.wait_exit(Duration::from_secs(15)).await;
         let key = (ns.clone(), name.clone());
+        // Until the change is rolled out (Ready again with every pod of the new replica count),
+        // so the next trial's takeover finds nothing of this one still moving: a status write
+        // for this Workspace then would be counted there as one for an unchanged object.
         watch
             .wait_for(
                 |ws, _| {
                     ws.iter().any(|w| {
                         (w.namespace().unwrap_or_default(), w.name_any()) == key
-                            && w.status.as_ref().is_some_and(|s| s.observed_generation >= generation)
+                            && w.status.as_ref().is_some_and(|s| {
+                                s.observed_generation >= generation
+                                    && conditions::is_true(&s.conditions, conditions::READY)
+                                    && s.portal.as_ref().is_some_and(|p| p.ready_replicas == replicas)
+                            })
                     })
                 },
                 Duration::from_secs(90),
