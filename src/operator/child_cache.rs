@@ -87,6 +87,7 @@ struct Owner {
 pub struct Child {
     uid: Option<Uid>,
     owners: Box<[Owner]>,
+    /// Only compared: a child that starts being deleted wakes its owners.
     deleting: bool,
     owned: Fingerprint,
     /// A Deployment's generation, `spec.replicas` and `status` as compact JSON.

@@ -314,6 +314,7 @@ async fn run_controllers(client: Client, config: &OperatorConfig, caches: &Cache
         .reconcile_on(caches.network_policies.owners_changed())
         .reconcile_on(caches.ingresses.owners_changed())
         .reconcile_on(caches.pod_disruption_budgets.owners_changed())
+        .reconcile_on(caches.workspaces.every(config.resync))
         .watches_shared_stream(caches.bindings.objects(), |binding: Arc<ToolBinding>| {
             binding.namespace().map(|ns| ObjectRef::<Workspace>::new(&binding.spec.workspace_ref.name).within(&ns))
         })
@@ -343,6 +344,7 @@ async fn run_controllers(client: Client, config: &OperatorConfig, caches: &Cache
         })
         .reconcile_on(secret_changes)
         .reconcile_on(wakes)
+        .reconcile_on(caches.bindings.every(config.resync))
         .with_config(controller_config)
         .run(after(synced_rx, toolbinding::reconcile), error_policy::<ToolBinding>, ctx.clone())
         .for_each(log_result("toolbinding"));

@@ -178,6 +178,20 @@ where
         futures::stream::select(futures::stream::iter(first).chain(later), live)
     }
 
+    /// Every cached object once per `period`, the first pass one period from now: the
+    /// resync. One pass for all, not a requeue per object: a requeue keeps an entry per
+    /// object in the controller's scheduler (two copies of its reference, ~600 B) for as long
+    /// as the object is converged, which is most of the time for all of them.
+    pub fn every(&self, period: std::time::Duration) -> impl Stream<Item = ObjectRef<K>> + Send + use<K> {
+        let store = self.store.clone();
+        futures::stream::unfold(store, move |store| async move {
+            tokio::time::sleep(period).await;
+            let all: Vec<ObjectRef<K>> = store.state().iter().map(|o| ObjectRef::from_obj(o.as_ref())).collect();
+            Some((futures::stream::iter(all), store))
+        })
+        .flatten()
+    }
+
     /// [`WarmCache::changed`] as the cached objects (deleted ones left out), for a controller.
     pub fn objects(&self) -> impl Stream<Item = Arc<K>> + Send + use<K> {
         let store = self.store.clone();
@@ -345,6 +359,27 @@ mod tests {
         tokio::time::advance(TAKEOVER_REST_AFTER).await;
         let rest: Vec<String> = term.take(8).map(|r| r.name).collect().await;
         assert!(rest.contains(&"cm-0".to_string()) && rest.len() == 8, "then the rest: {rest:?}");
+    }
+
+    /// The resync: every cached object once per period, nothing before the first.
+    #[tokio::test(start_paused = true)]
+    async fn every_object_comes_once_per_period() {
+        let mut writer = Writer::<ConfigMap>::default();
+        for name in ["a", "b"] {
+            writer.apply_watcher_event(&Event::Apply(versioned(name, "1")));
+        }
+        let (changes, _) = broadcast::channel(4);
+        let cache = WarmCache { store: writer.as_reader(), changes };
+        let period = std::time::Duration::from_secs(600);
+        let mut passes = Box::pin(cache.every(period));
+        assert!(passes.next().now_or_never().is_none(), "nothing before the first period");
+        tokio::time::advance(period).await;
+        let mut first: Vec<String> = vec![passes.next().await.unwrap().name, passes.next().await.unwrap().name];
+        first.sort();
+        assert_eq!(first, ["a", "b"]);
+        assert!(passes.next().now_or_never().is_none(), "then nothing until the next period");
+        tokio::time::advance(period).await;
+        assert!(passes.next().await.is_some(), "the next pass");
     }
 
     /// A new term starts with every cached object, the latest change first, then follows

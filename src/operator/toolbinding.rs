@@ -95,7 +95,8 @@ async fn reconcile_inner(binding: &ToolBinding, ctx: &Context) -> Result<Action,
         ctx.apply_status(CONTROLLER, binding, &status).await?;
         publish_transitions(binding, ctx, &previous, &status).await;
     }
-    Ok(Action::requeue(ctx.resync))
+    // The resync comes from the controller's periodic pass (`WarmCache::every`).
+    Ok(Action::await_change())
 }
 
 /// With nothing else changed, the sync timestamps are refreshed only this many intervals

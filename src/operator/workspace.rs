@@ -134,7 +134,12 @@ async fn reconcile_inner(ws: &Workspace, ctx: &Context) -> Result<Action, Error>
     let status = compute_status(ws, observed.deployment.as_deref(), &observed.bindings, &refusals, &now);
     write_status(ws, ctx, status).await?;
     super::portal_access::ensure_token_reviewers(ctx, CONTROLLER).await?;
-    Ok(Action::requeue(if refusals.conflicts.is_empty() { ctx.resync } else { ctx.resync.min(CONFLICT_RECHECK) }))
+    // The resync comes from the controller's periodic pass (`WarmCache::every`); a name
+    // conflict is looked at sooner.
+    Ok(match refusals.conflicts.is_empty() {
+        true => Action::await_change(),
+        false => Action::requeue(ctx.resync.min(CONFLICT_RECHECK)),
+    })
 }
 
 /// Every object the reconcile would apply that exists but is not this Workspace's own. The
