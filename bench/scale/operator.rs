@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -76,6 +78,10 @@ pub struct Outcome {
     pub api_load: ApiLoad,
     pub failover: Vec<Trial>,
     pub reference: Reference,
+    /// Every row of this size was measured (false: the file was saved after an earlier row
+    /// and the run stopped before the rest).
+    #[serde(default)]
+    pub complete: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -176,6 +182,8 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     let started = Instant::now();
     let leader = Replica::start(&args, "bench-a", None)?;
     let timeout = Duration::from_secs(180 + n as u64);
+    // 10 ms at N <= 1,000, 100 ms at 10,000: well under the measurement's noise either way.
+    let settle = Duration::from_micros((n as u64 * 10).max(10_000));
     let mut applied = None;
     while started.elapsed() < timeout {
         let p = watch.progress("bench");
@@ -197,7 +205,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         if !leader.alive() {
             return Err("the operator exited during the cold start".into());
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        watch.changed(settle, Duration::from_millis(250)).await;
     }
     outcome.cold.applied_seconds = applied;
     let entries = audit.operator_entries(offset);
@@ -218,6 +226,8 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         seconds: started.elapsed().as_secs_f64(),
         requests: tally(all.iter().filter(|e| e.by("bench-a") && !e.is_write() && !e.is_lease())),
     };
+
+    save(&args.out, &outcome)?;
 
     // Converged resync: a replica with a short --resync takes over from the first (SIGTERM)
     // and is watched for three of its periods; no writes expected, the takeover's included.
@@ -242,14 +252,18 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         writes: tally(writes),
     };
 
+    save(&args.out, &outcome)?;
+
     if args.failover_trials > 0 {
         outcome.failover = failover(&args, &client, &audit, &watch, leader).await?;
+        save(&args.out, &outcome)?;
     } else {
         drop(leader);
     }
 
     if !args.reference {
-        std::fs::write(&args.out, serde_json::to_string_pretty(&outcome)?)?;
+        outcome.complete = true;
+        save(&args.out, &outcome)?;
         log(format!("N={n}: no reference at this size; results in {}", args.out.display()));
         return Ok(());
     }
@@ -265,8 +279,16 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     outcome.reference = reference(&client, &watch.workspaces, args.concurrency).await?;
     log(format!("N={n}: reference {} applies in {:.1}s", outcome.reference.applies, outcome.reference.seconds));
 
-    std::fs::write(&args.out, serde_json::to_string_pretty(&outcome)?)?;
+    outcome.complete = true;
+    save(&args.out, &outcome)?;
     log(format!("N={n}: results in {}", args.out.display()));
+    Ok(())
+}
+
+/// The results so far: each row is kept as soon as it is measured, so a run stopped later
+/// (the reference at N = 10,000 alone takes half an hour) still reports what it measured.
+fn save(out: &std::path::Path, outcome: &Outcome) -> Result<(), BoxError> {
+    std::fs::write(out, serde_json::to_string_pretty(outcome)?)?;
     Ok(())
 }
 
@@ -329,6 +351,9 @@ async fn create_objects(client: &Client, prefix: &str, n: usize, bindings: bool)
 struct Watch {
     workspaces: Store<Workspace>,
     bindings: Store<ToolBinding>,
+    /// Woken by every watch event of either, so a wait ends at the event that completes it
+    /// rather than at the next poll.
+    changed: Arc<Notify>,
 }
 
 #[derive(Debug, Default)]
@@ -340,19 +365,31 @@ struct Progress {
 
 impl Watch {
     fn start(client: Client) -> Self {
-        fn cache<K>(api: Api<K>) -> Store<K>
+        fn cache<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
         where
             K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         {
             let (reader, writer) = reflector::store();
             let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
-            tokio::spawn(stream.for_each(|_| std::future::ready(())));
+            tokio::spawn(stream.for_each(move |_| {
+                changed.notify_one();
+                std::future::ready(())
+            }));
             reader
         }
-        Self { workspaces: cache(Api::all(client.clone())), bindings: cache(Api::all(client)) }
+        let changed = Arc::new(Notify::new());
+        Self { workspaces: cache(Api::all(client.clone()), changed.clone()), bindings: cache(Api::all(client), changed.clone()), changed }
     }
 
-    async fn wait_for(&self, done: impl Fn(&[std::sync::Arc<Workspace>], &[std::sync::Arc<ToolBinding>]) -> bool, timeout: Duration) {
+    /// Until the next watch event (or `at_most`), then `settle` more so that a burst of
+    /// events is looked at once: a look scans every object, and at N = 10,000 looking at each
+    /// event would take the machine's CPU from what is measured.
+    async fn changed(&self, settle: Duration, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.changed.notified()).await;
+        tokio::time::sleep(settle).await;
+    }
+
+    async fn wait_for(&self, done: impl Fn(&[Arc<Workspace>], &[Arc<ToolBinding>]) -> bool, timeout: Duration) {
         let started = Instant::now();
         while started.elapsed() < timeout && !done(&self.workspaces.state(), &self.bindings.state()) {
             tokio::time::sleep(Duration::from_millis(250)).await;

@@ -276,12 +276,12 @@ pub fn run(args: Args) -> Result<(), BoxError> {
         if let Some(r) = ratio(o) {
             writeln!(w, "- Cold convergence at N = {}: {:.2}× the reference (goal ≤ 1.2×): {}.", o.n, r, met(r <= 1.2))?;
         } else if o.reference.applies == 0 {
-            writeln!(
-                w,
-                "- Cold convergence at N = {}: {} with no reference run at this size (HYPERPAGE_BENCH_REFERENCE_MAX): **not measured**.",
-                o.n,
-                opt(o.cold.applied_seconds, "s")
-            )?;
+            let why = if o.complete {
+                "no reference run at this size (HYPERPAGE_BENCH_REFERENCE_MAX)"
+            } else {
+                "the run stopped before the reference finished"
+            };
+            writeln!(w, "- Cold convergence at N = {}: {} with {why}: **not measured**.", o.n, opt(o.cold.applied_seconds, "s"))?;
         } else {
             writeln!(w, "- Cold convergence at N = {}: did not finish: **not met**.", o.n)?;
         }
