@@ -182,8 +182,10 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     let started = Instant::now();
     let leader = Replica::start(&args, "bench-a", None)?;
     let timeout = Duration::from_secs(180 + n as u64);
-    // 10 ms at N <= 1,000, 100 ms at 10,000: well under the measurement's noise either way.
-    let settle = Duration::from_micros((n as u64 * 10).max(10_000));
+    // 10 ms at N = 100, 1 s at 10,000: under a thousandth of the time measured, and at most
+    // one look (a scan of 2N objects) per settle. At 10,000 a settle of 100 ms made the bench
+    // take a tenth of a core from the cluster it measures.
+    let settle = Duration::from_micros((n as u64 * 100).max(10_000));
     let mut applied = None;
     while started.elapsed() < timeout {
         let p = watch.progress("bench");
