@@ -20,7 +20,7 @@ use kube::api::{Api, PostParams};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long an answer of the API server is reused: a revoked token or a removed
@@ -75,14 +75,15 @@ pub enum Unauthenticated {
     Rejected,
 }
 
-/// The outcome for one request.
+/// The outcome for one request. The identity is shared with the caches and the request
+/// (an `Arc`): a cached answer is a reference count per request, not a copy of the groups.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    Allowed(Identity),
+    Allowed(Arc<Identity>),
     Unauthenticated(Unauthenticated),
     /// Signed in, but RBAC does not grant the permission.
     Forbidden {
-        identity: Identity,
+        identity: Arc<Identity>,
         permission: Permission,
     },
     /// The API server could not be asked (not cached: the next request asks again).
@@ -140,7 +141,7 @@ pub fn access_review(identity: &Identity, permission: &Permission) -> LocalSubje
 }
 
 /// The verdict from the answer to [`access_review`].
-pub fn verdict_from_review(identity: Identity, permission: &Permission, status: Option<&SubjectAccessReviewStatus>) -> Verdict {
+pub fn verdict_from_review(identity: Arc<Identity>, permission: &Permission, status: Option<&SubjectAccessReviewStatus>) -> Verdict {
     match status {
         Some(s) if s.allowed && s.denied != Some(true) => Verdict::Allowed(identity),
         _ => Verdict::Forbidden { identity, permission: permission.clone() },
@@ -213,9 +214,9 @@ pub struct Gate {
     client: Client,
     permission: Permission,
     /// sha256 of a token → whose it is (or that it was rejected).
-    tokens: TtlCache<[u8; 32], Result<Identity, Unauthenticated>>,
+    tokens: TtlCache<[u8; 32], Result<Arc<Identity>, Unauthenticated>>,
     /// identity → may they see the portal.
-    access: TtlCache<Identity, Verdict>,
+    access: TtlCache<Arc<Identity>, Verdict>,
 }
 
 impl Gate {
@@ -228,21 +229,21 @@ impl Gate {
     }
 
     /// Whose token this is, according to the API server.
-    pub async fn authenticate(&self, token: &str) -> Result<Result<Identity, Unauthenticated>, kube::Error> {
+    pub async fn authenticate(&self, token: &str) -> Result<Result<Arc<Identity>, Unauthenticated>, kube::Error> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(known) = self.tokens.get(&key) {
             return Ok(known);
         }
         let review = TokenReview { spec: TokenReviewSpec { token: token.to_string(), audiences: None }, ..Default::default() };
         let answer = Api::<TokenReview>::all(self.client.clone()).create(&PostParams::default(), &review).await?;
-        let identity = identity_from_review(answer.status.as_ref());
+        let identity = identity_from_review(answer.status.as_ref()).map(Arc::new);
         let ttl = if identity.is_ok() { cache_lifetime(token, jiff::Timestamp::now()) } else { CACHE_TTL };
         self.tokens.insert(key, identity.clone(), ttl);
         Ok(identity)
     }
 
     /// Whether `identity` may see the portal, according to the API server.
-    pub async fn authorize(&self, identity: Identity) -> Result<Verdict, kube::Error> {
+    pub async fn authorize(&self, identity: Arc<Identity>) -> Result<Verdict, kube::Error> {
         if let Some(known) = self.access.get(&identity) {
             return Ok(known);
         }
@@ -270,7 +271,7 @@ impl Gate {
         self.authorize_logged(identity).await
     }
 
-    async fn authorize_logged(&self, identity: Identity) -> Verdict {
+    async fn authorize_logged(&self, identity: Arc<Identity>) -> Verdict {
         match self.authorize(identity).await {
             Ok(verdict) => verdict,
             Err(error) => {
@@ -357,13 +358,13 @@ mod tests {
     #[test]
     fn allowed_only_when_allowed_and_not_denied() {
         let allowed = SubjectAccessReviewStatus { allowed: true, ..Default::default() };
-        assert_eq!(verdict_from_review(alice(), &permission(), Some(&allowed)), Verdict::Allowed(alice()));
-        let forbidden = Verdict::Forbidden { identity: alice(), permission: permission() };
+        assert_eq!(verdict_from_review(alice().into(), &permission(), Some(&allowed)), Verdict::Allowed(alice().into()));
+        let forbidden = Verdict::Forbidden { identity: alice().into(), permission: permission() };
         let no = SubjectAccessReviewStatus { allowed: false, reason: Some("no RBAC policy matched".into()), ..Default::default() };
-        assert_eq!(verdict_from_review(alice(), &permission(), Some(&no)), forbidden);
+        assert_eq!(verdict_from_review(alice().into(), &permission(), Some(&no)), forbidden);
         let denied = SubjectAccessReviewStatus { allowed: true, denied: Some(true), ..Default::default() };
-        assert_eq!(verdict_from_review(alice(), &permission(), Some(&denied)), forbidden);
-        assert_eq!(verdict_from_review(alice(), &permission(), None), forbidden);
+        assert_eq!(verdict_from_review(alice().into(), &permission(), Some(&denied)), forbidden);
+        assert_eq!(verdict_from_review(alice().into(), &permission(), None), forbidden);
     }
 
     #[test]

@@ -86,10 +86,11 @@ pub enum Access {
     Kubernetes(Arc<auth::Gate>),
 }
 
-type Labels = Vec<(String, String)>;
+/// One label, known at compile time: counting a request allocates nothing.
+type Labels = [(&'static str, &'static str); 1];
 
-fn label(key: &str, value: &str) -> Labels {
-    vec![(key.to_string(), value.to_string())]
+fn label(key: &'static str, value: &'static str) -> Labels {
+    [(key, value)]
 }
 
 /// The portal's own metrics (`hyperpage_portal_*`).
@@ -136,6 +137,10 @@ impl PortalMetrics {
     }
 }
 
+/// What the routes share: one allocation, so the per-request clones that axum's `State` and
+/// `from_fn_with_state` make are a reference count, not copies of the names and host list.
+type Shared = Arc<PortalState>;
+
 /// The portal's view: caches of its Workspace and the namespace's bindings, and a change
 /// signal the watchers bump after each event.
 #[derive(Clone)]
@@ -155,21 +160,39 @@ pub struct PortalState {
     changes: Arc<watch::Sender<u64>>,
     bindings_synced: Arc<AtomicBool>,
     /// The dashboard and the bindings' JSON as last rendered (see [`Rendered`]).
-    dashboard_html: Rendered,
-    bindings_json: Rendered,
+    dashboard: Rendered<Arc<Dashboard>>,
+    bindings_json: Rendered<bytes::Bytes>,
 }
 
 /// One rendering shared by every request in the same second while the caches did not change:
 /// keyed by the change counter and the whole second (relative times are in seconds), so an
 /// answer is at most one second old even if a change was counted before the cache held it.
-#[derive(Clone, Default)]
-struct Rendered(Arc<std::sync::Mutex<Option<(RenderKey, bytes::Bytes)>>>);
+/// `T` is cheap to clone (`Bytes`, an `Arc`).
+struct Rendered<T>(Arc<std::sync::Mutex<Option<(RenderKey, T)>>>);
+
+impl<T> Clone for Rendered<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> Default for Rendered<T> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
 
 /// (change counter, whole second).
 type RenderKey = (u64, i64);
 
-impl Rendered {
-    fn get_or(&self, key: RenderKey, render: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
+/// The dashboard fragment and the page title, rendered together from the same cache state.
+struct Dashboard {
+    title: String,
+    html: Arc<str>,
+}
+
+impl<T: Clone> Rendered<T> {
+    fn get_or(&self, key: RenderKey, render: impl FnOnce() -> T) -> T {
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_ref() {
             Some((k, rendered)) if *k == key => rendered.clone(),
@@ -197,7 +220,7 @@ impl PortalState {
             metrics: PortalMetrics::new(),
             changes: Arc::new(watch::channel(0).0),
             bindings_synced: Arc::new(AtomicBool::new(false)),
-            dashboard_html: Rendered::default(),
+            dashboard: Rendered::default(),
             bindings_json: Rendered::default(),
         }
     }
@@ -225,20 +248,23 @@ impl PortalState {
         (*self.changes.borrow(), now.as_second())
     }
 
-    fn dashboard(&self) -> String {
+    fn dashboard(&self) -> Arc<Dashboard> {
         let now = jiff::Timestamp::now();
-        let html = self.dashboard_html.get_or(self.rendered_key(now), || {
-            page::render_dashboard(self.workspace().as_deref(), &self.workspace, &self.namespace, &self.bindings(), now).into()
-        });
-        String::from_utf8_lossy(&html).into_owned()
+        self.dashboard.get_or(self.rendered_key(now), || {
+            let ws = self.workspace();
+            let title = ws.as_ref().and_then(|w| w.spec.display_name.clone()).filter(|t| !t.is_empty());
+            let html = page::render_dashboard(ws.as_deref(), &self.workspace, &self.namespace, &self.bindings(), now);
+            Arc::new(Dashboard { title: title.unwrap_or_else(|| self.workspace.clone()), html: html.into() })
+        })
     }
 
-    fn count(&self, route: &str) {
+    fn count(&self, route: &'static str) {
         self.metrics.requests.get_or_create(&label("route", route)).inc();
     }
 }
 
 pub fn router(state: PortalState, api_only: bool) -> Router {
+    let state = Arc::new(state);
     let mut private = Router::new()
         .route("/api/v1/workspace", get(api_workspace))
         .route("/api/v1/toolbindings", get(api_bindings))
@@ -265,7 +291,7 @@ pub fn router(state: PortalState, api_only: bool) -> Router {
 }
 
 /// Refuses a request for a name this portal is not (DNS rebinding, a stray Ingress).
-async fn require_host(State(state): State<PortalState>, request: Request, next: Next) -> Response {
+async fn require_host(State(state): State<Shared>, request: Request, next: Next) -> Response {
     if state.hosts.allows(host(request.headers())) {
         return next.run(request).await;
     }
@@ -273,13 +299,13 @@ async fn require_host(State(state): State<PortalState>, request: Request, next: 
     (StatusCode::MISDIRECTED_REQUEST, "this portal does not answer to that host name\n").into_response()
 }
 
-fn probes() -> Router<PortalState> {
+fn probes() -> Router<Shared> {
     Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz))
 }
 
 /// The metrics port: `/metrics` and the probes, no tenant data.
 pub fn metrics_router(state: PortalState) -> Router {
-    probes().route("/metrics", get(metrics)).with_state(state)
+    probes().route("/metrics", get(metrics)).with_state(Arc::new(state))
 }
 
 /// How the visitor of a request signed in, for the page's footer.
@@ -298,7 +324,7 @@ fn cookie_headers(headers: &axum::http::HeaderMap) -> impl Iterator<Item = &str>
 }
 
 /// Lets a request through only with an identity that RBAC allows to see this Workspace.
-async fn require_access(State(state): State<PortalState>, mut request: Request, next: Next) -> Response {
+async fn require_access(State(state): State<Shared>, mut request: Request, next: Next) -> Response {
     let Access::Kubernetes(gate) = &state.access else {
         return next.run(request).await;
     };
@@ -379,7 +405,7 @@ struct SignInQuery {
 
 /// Starts a sign-in: remembers state, nonce and PKCE verifier in the login cookie and sends
 /// the browser to the provider.
-async fn sign_in(State(state): State<PortalState>, Query(query): Query<SignInQuery>, headers: axum::http::HeaderMap) -> Response {
+async fn sign_in(State(state): State<Shared>, Query(query): Query<SignInQuery>, headers: axum::http::HeaderMap) -> Response {
     let Some(oidc) = &state.oidc else { return StatusCode::NOT_FOUND.into_response() };
     state.count("sign_in");
     let login = oidc::Login::start(query.return_to.as_deref().unwrap_or("/"));
@@ -414,7 +440,7 @@ struct CallbackQuery {
 
 /// The provider sends the browser back here: check state, exchange the code, check the
 /// nonce, let the API server say whose ID token it is, and start the session.
-async fn callback(State(state): State<PortalState>, Query(query): Query<CallbackQuery>, headers: axum::http::HeaderMap) -> Response {
+async fn callback(State(state): State<Shared>, Query(query): Query<CallbackQuery>, headers: axum::http::HeaderMap) -> Response {
     let (Some(oidc), Access::Kubernetes(gate)) = (&state.oidc, &state.access) else { return StatusCode::NOT_FOUND.into_response() };
     state.count("callback");
     let finished = async {
@@ -465,7 +491,7 @@ async fn callback(State(state): State<PortalState>, Query(query): Query<Callback
 }
 
 /// Ends the browser session (the provider's own session, if it keeps one, is its business).
-async fn sign_out(State(state): State<PortalState>) -> Response {
+async fn sign_out(State(state): State<Shared>) -> Response {
     state.count("sign_out");
     let mut response = redirect("/auth/signed-out");
     append_cookie(&mut response, session::clear(session::SESSION_COOKIE));
@@ -554,7 +580,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=300")], body).into_response()
 }
 
-async fn api_workspace(State(state): State<PortalState>) -> Response {
+async fn api_workspace(State(state): State<Shared>) -> Response {
     state.count("api_workspace");
     match state.workspace() {
         // Serialized from the cache as it is: no copy of the object, no JSON value tree.
@@ -574,7 +600,7 @@ struct Items<'a> {
     items: Vec<&'a ToolBinding>,
 }
 
-async fn api_bindings(State(state): State<PortalState>) -> Response {
+async fn api_bindings(State(state): State<Shared>) -> Response {
     state.count("api_toolbindings");
     let json = state.bindings_json.get_or(state.rendered_key(jiff::Timestamp::now()), || {
         let bindings = state.bindings();
@@ -633,12 +659,12 @@ pub fn openapi() -> &'static serde_json::Value {
     &DOC
 }
 
-async fn api_openapi(State(state): State<PortalState>) -> Response {
+async fn api_openapi(State(state): State<Shared>) -> Response {
     state.count("api_openapi");
     Json(openapi()).into_response()
 }
 
-async fn readyz(State(state): State<PortalState>) -> Response {
+async fn readyz(State(state): State<Shared>) -> Response {
     if state.workspace().is_none() {
         (StatusCode::SERVICE_UNAVAILABLE, "workspace not in cache yet").into_response()
     } else if !state.bindings_synced.load(Ordering::Relaxed) {
@@ -648,7 +674,7 @@ async fn readyz(State(state): State<PortalState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<PortalState>) -> Response {
+async fn metrics(State(state): State<Shared>) -> Response {
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &state.metrics.registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -657,8 +683,8 @@ async fn metrics(State(state): State<PortalState>) -> Response {
 }
 
 async fn index(
-    State(state): State<PortalState>,
-    identity: Option<axum::Extension<auth::Identity>>,
+    State(state): State<Shared>,
+    identity: Option<axum::Extension<Arc<auth::Identity>>>,
     with: Option<axum::Extension<SignedInWith>>,
 ) -> Response {
     state.count("page");
@@ -666,13 +692,13 @@ async fn index(
         (Some(identity), Some(with)) => page::account(&identity.username, with.0 == SignedInWith::Session),
         _ => String::new(),
     };
-    let title = state.workspace().and_then(|w| w.spec.display_name.clone()).filter(|t| !t.is_empty());
-    Html(page::page(title.as_deref().unwrap_or(&state.workspace), &state.dashboard(), &account)).into_response()
+    let dashboard = state.dashboard();
+    Html(page::page(&dashboard.title, &dashboard.html, &account)).into_response()
 }
 
-async fn fragment(State(state): State<PortalState>) -> Response {
+async fn fragment(State(state): State<Shared>) -> Response {
     state.count("fragment");
-    Html(state.dashboard()).into_response()
+    Html(state.dashboard().html.to_string()).into_response()
 }
 
 /// Counts a connected browser for as long as its stream lives.
@@ -686,7 +712,7 @@ impl Drop for LiveClient {
 
 /// Server-sent events: the dashboard fragment at once, then whenever it changes; ended when
 /// the pod drains, so the browser reconnects to another one.
-async fn events(State(state): State<PortalState>, identity: Option<axum::Extension<auth::Identity>>) -> Response {
+async fn events(State(state): State<Shared>, identity: Option<axum::Extension<Arc<auth::Identity>>>) -> Response {
     state.count("events");
     let mut draining = state.draining.subscribe();
     if *draining.borrow_and_update() {
@@ -704,7 +730,7 @@ async fn events(State(state): State<PortalState>, identity: Option<axum::Extensi
     let changes = state.changes.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     tick.reset();
-    let start = (state, (changes, draining), tick, None::<String>, true, client);
+    let start = (state, (changes, draining), tick, None::<Arc<str>>, true, client);
     let stream = futures::stream::unfold(start, |(state, (mut changes, mut draining), mut tick, mut last, mut first, client)| async move {
         loop {
             if !first {
@@ -722,9 +748,9 @@ async fn events(State(state): State<PortalState>, identity: Option<axum::Extensi
                 }
             }
             first = false;
-            let html = state.dashboard();
-            if last.as_deref() != Some(html.as_str()) {
-                let event = Event::default().event("dashboard").data(&html);
+            let html = state.dashboard().html.clone();
+            if last.as_deref() != Some(&*html) {
+                let event = Event::default().event("dashboard").data(&*html);
                 last = Some(html);
                 return Some((Ok::<_, Infallible>(event), (state, (changes, draining), tick, last, first, client)));
             }
@@ -743,7 +769,7 @@ fn trim<K: Resource>(object: &mut K) {
 }
 
 /// Records a watch event in the metrics and wakes the `/events` streams.
-fn observe<K>(state: &PortalState, kind: &str, event: &Result<watcher::Event<K>, watcher::Error>) {
+fn observe<K>(state: &PortalState, kind: &'static str, event: &Result<watcher::Event<K>, watcher::Error>) {
     match event {
         Ok(e) => {
             state.metrics.watch_events.get_or_create(&label("kind", kind)).inc();

@@ -183,8 +183,8 @@ async fn events_send_the_dashboard_at_once_and_again_on_change() {
     assert!(metrics.contains("hyperpage_portal_live_clients 1"), "{metrics}");
 }
 
-/// The list and the dashboard are rendered once per change of the caches (and second), and a
-/// change shows at once.
+/// The list and the dashboard (with the title) are rendered once per change of the caches (and
+/// second), and a change shows at once.
 #[tokio::test]
 async fn renderings_are_shared_until_the_caches_change() {
     let mut f = fixture();
@@ -205,6 +205,12 @@ async fn renderings_are_shared_until_the_caches_change() {
     f.state.notify();
     assert_eq!(names(&get(port, "/api/v1/toolbindings").await.2), ["github", "gitlab"]);
     assert!(get(port, "/").await.2.contains("data-binding=\"gitlab\""));
+
+    // The title is rendered with the dashboard, from the same change.
+    assert!(get(port, "/").await.2.contains("<title>Payments &lt;team&gt; · Hyperpage</title>"));
+    apply(&mut f.ws, &WORKSPACE.replace("Payments <team>", "Payments & Billing"));
+    f.state.notify();
+    assert!(get(port, "/").await.2.contains("<title>Payments &amp; Billing · Hyperpage</title>"));
 }
 
 #[tokio::test]
