@@ -1,7 +1,9 @@
 //! The portal row: the JSON API and the page of one Workspace's portal (the operator's own
 //! router, access control on: a ServiceAccount token reviewed by the kube-apiserver, its
-//! identity and verdict then cached as in production) against a bare axum "hello JSON"
-//! server, both served by the same kind of runtime in this process, in the same run.
+//! identity and verdict then cached as in production; the `Host` check on, with the names
+//! the operator gives a portal) against a bare axum "hello JSON" server, both served by the
+//! same kind of runtime in this process, in the same run. The targets take turns in short
+//! rounds, so a slow spell of the machine falls on all of them alike.
 //!
 //! Load generator: a small client here (reqwest over hyper, 64 tasks each holding one
 //! keep-alive connection, latency per request) rather than `oha`: no extra tool to pin and
@@ -10,6 +12,7 @@
 
 use hyperpage::api::{ToolBinding, Workspace};
 use hyperpage::portal::auth::{Gate, Permission};
+use hyperpage::portal::limits::AllowedHosts;
 use hyperpage::portal::{Access, PortalState, router};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
@@ -24,19 +27,47 @@ pub struct Load {
     pub errors: u64,
 }
 
-/// `connections` clients, each sending requests one after the other for `secs`.
-pub async fn load(url: &str, token: Option<&str>, connections: usize, secs: u64) -> Load {
+/// The requests of one target over all its rounds.
+#[derive(Default)]
+pub struct Tally {
+    latencies_ms: Vec<f64>,
+    errors: u64,
+    seconds: f64,
+}
+
+impl Tally {
+    pub fn summary(&mut self) -> Load {
+        self.latencies_ms.sort_by(f64::total_cmp);
+        Load {
+            per_second: self.latencies_ms.len() as f64 / self.seconds,
+            p50_ms: super::percentile(&self.latencies_ms, 0.5),
+            p99_ms: super::percentile(&self.latencies_ms, 0.99),
+            errors: self.errors,
+        }
+    }
+}
+
+/// What a request is sent to: the URL, the bearer token and the `Host` header it carries.
+pub struct Target {
+    pub url: String,
+    pub token: Option<String>,
+    pub host: String,
+}
+
+/// `connections` clients, each sending requests to `target` one after the other for `secs`;
+/// adds them to `tally`.
+pub async fn load(target: &Target, connections: usize, secs: f64, tally: &mut Tally) {
     let client = reqwest::Client::builder().pool_max_idle_per_host(connections).build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
-        let (client, url, token) = (client.clone(), url.to_string(), token.map(str::to_string));
+        let (client, url, token, host) = (client.clone(), target.url.clone(), target.token.clone(), target.host.clone());
         tasks.spawn(async move {
             let (mut latencies, mut errors) = (Vec::new(), 0u64);
             while Instant::now() < deadline {
                 let sent = Instant::now();
-                let mut request = client.get(&url);
+                let mut request = client.get(&url).header(reqwest::header::HOST, &host);
                 if let Some(token) = &token {
                     request = request.bearer_auth(token);
                 }
@@ -50,14 +81,11 @@ pub async fn load(url: &str, token: Option<&str>, connections: usize, secs: u64)
             (latencies, errors)
         });
     }
-    let (mut all, mut errors) = (Vec::new(), 0);
-    while let Some(Ok((latencies, e))) = tasks.join_next().await {
-        all.extend(latencies);
-        errors += e;
+    while let Some(Ok((latencies, errors))) = tasks.join_next().await {
+        tally.latencies_ms.extend(latencies);
+        tally.errors += errors;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_by(f64::total_cmp);
-    Load { per_second: all.len() as f64 / elapsed, p50_ms: super::percentile(&all, 0.5), p99_ms: super::percentile(&all, 0.99), errors }
+    tally.seconds += started.elapsed().as_secs_f64();
 }
 
 /// A ServiceAccount allowed to `get` the Workspace, and a token for it.
@@ -97,6 +125,7 @@ pub fn serve(
     workspace: String,
     workspaces: Store<Workspace>,
     bindings: Store<ToolBinding>,
+    hosts: Vec<String>,
 ) -> (String, String) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -104,7 +133,8 @@ pub fn serve(
         runtime.block_on(async move {
             let permission = Permission { namespace: namespace.clone(), workspace: workspace.clone() };
             let access = Access::Kubernetes(Arc::new(Gate::new(client, permission)));
-            let state = PortalState::new(namespace, workspace, workspaces, bindings, access);
+            let mut state = PortalState::new(namespace, workspace, workspaces, bindings, access);
+            state.hosts = AllowedHosts::new(hosts);
             let portal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let bare = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send((format!("http://{}", portal.local_addr().unwrap()), format!("http://{}", bare.local_addr().unwrap()))).unwrap();
