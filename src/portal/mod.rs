@@ -252,9 +252,8 @@ impl PortalState {
         let now = jiff::Timestamp::now();
         self.dashboard.get_or(self.rendered_key(now), || {
             let ws = self.workspace();
-            let title = ws.as_ref().and_then(|w| w.spec.display_name.clone()).filter(|t| !t.is_empty());
             let html = page::render_dashboard(ws.as_deref(), &self.workspace, &self.namespace, &self.bindings(), now);
-            Arc::new(Dashboard { title: title.unwrap_or_else(|| self.workspace.clone()), html: html.into() })
+            Arc::new(Dashboard { title: page::title(ws.as_deref(), &self.workspace), html: html.into() })
         })
     }
 

@@ -437,10 +437,14 @@ pub fn account(username: &str, session: bool) -> String {
 pub const SIGN_OUT_FORM: &str =
     "<form class=\"sign-out\" method=\"post\" action=\"/auth/sign-out\"><button type=\"submit\" data-sign-out>Sign out</button></form>";
 
+/// The page's title: the Workspace's display name, or its name.
+pub fn title(ws: Option<&Workspace>, name: &str) -> String {
+    ws.and_then(|w| w.spec.display_name.clone()).filter(|t| !t.is_empty()).unwrap_or_else(|| name.to_string())
+}
+
 /// The whole page; `account` is trusted HTML from [`account`] (or empty).
 pub fn render(ws: Option<&Workspace>, name: &str, namespace: &str, bindings: &[Arc<ToolBinding>], now: Timestamp, account: &str) -> String {
-    let title = ws.and_then(|w| w.spec.display_name.clone()).filter(|t| !t.is_empty()).unwrap_or_else(|| name.to_string());
-    page(&title, &render_dashboard(ws, name, namespace, bindings, now), account)
+    page(&title(ws, name), &render_dashboard(ws, name, namespace, bindings, now), account)
 }
 
 /// The whole page around a rendered dashboard (trusted HTML from [`render_dashboard`]).
