@@ -2,12 +2,12 @@
 # `make bench`: the scale benchmark (bench/scale/) at each N in HYPERPAGE_BENCH_SIZES, each
 # on a fresh local control plane (e2e/cluster.sh with the bench knobs), then BENCHMARKS.md.
 #
-#   HYPERPAGE_BENCH_SIZES="100 1000 10000"   sizes to run (10000 took 2 h 10 min on 2 cores in the recorded run, half of it the reference)
+#   HYPERPAGE_BENCH_SIZES="100 1000 10000"   sizes to run (10000 took 45 min on 2 cores in the recorded run, 2 h 10 min on a slower day; half of it the reference)
 #   HYPERPAGE_BENCH_RUN=current        results go to bench/results/$RUN/ (baseline: before a change)
 #   HYPERPAGE_BENCH_TRIALS=20          failover trials per signal (within HYPERPAGE_BENCH_FAILOVER_SECS)
 #   HYPERPAGE_BENCH_FAILOVER_MAX=1000  the largest N with failover trials (the goal is stated at 1,000)
 #   HYPERPAGE_BENCH_REFERENCE_MAX=10000 the largest N with the reference client (at 10,000 it
-#                                      alone took 66 min of this machine: 60,000 applies)
+#                                      alone took 23 to 66 min of this machine: 60,000 applies)
 #   HYPERPAGE_BENCH_ENGINE=1           0: skip the engine rows (bench/engine/) and keep their last results
 #   KUBECONFIG=...                     use that cluster instead (one size; it must not hold bench-*/ref-* namespaces)
 #

@@ -288,7 +288,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
 }
 
 /// The results so far: each row is kept as soon as it is measured, so a run stopped later
-/// (the reference at N = 10,000 alone took 66 minutes in the recorded run) still reports what it measured.
+/// (the reference at N = 10,000 alone took 23 to 66 minutes, depending on the machine) still reports what it measured.
 fn save(out: &std::path::Path, outcome: &Outcome) -> Result<(), BoxError> {
     std::fs::write(out, serde_json::to_string_pretty(outcome)?)?;
     Ok(())
