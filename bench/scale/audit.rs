@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -83,6 +83,29 @@ impl Log {
             // A watch is logged when it starts and again when it ends: count it once.
             .filter(|e| !(e.verb == "watch" && e.stage == "ResponseComplete"))
             .collect()
+    }
+}
+
+impl Log {
+    /// Mutating requests (Leases aside) of the cluster's own components logged between bytes
+    /// `from` and `to`, per client (the user agent's product: kube-controller-manager,
+    /// kube-scheduler, kwok, kube-apiserver): the work the applied children cause (ReplicaSets,
+    /// Pods, EndpointSlices, their statuses and Events), which the reference pays for too. The
+    /// operator's requests and the bench's own (it sends no user agent) are left out.
+    pub fn cluster_writes(&self, from: u64, to: u64) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        let Ok(mut file) = std::fs::File::open(&self.path) else { return out };
+        if file.seek(SeekFrom::Start(from)).is_err() {
+            return out;
+        }
+        for line in BufReader::new(file.take(to.saturating_sub(from))).lines().map_while(Result::ok) {
+            let Ok(entry) = serde_json::from_str::<Entry>(&line) else { continue };
+            let client = entry.user_agent.split('/').next().unwrap_or_default();
+            if entry.is_write() && !entry.is_lease() && !client.is_empty() && client != "hyperpage-operator" {
+                *out.entry(client.to_string()).or_insert(0) += 1;
+            }
+        }
+        out
     }
 }
 

@@ -102,6 +102,9 @@ pub struct Cold {
     /// Reconciles per controller until the work was done (the operator's own counters).
     #[serde(default)]
     pub reconciles: BTreeMap<String, u64>,
+    /// The cluster's own writes until the work was done, per client ([`Log::cluster_writes`]).
+    #[serde(default)]
+    pub cluster_writes: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -148,6 +151,9 @@ pub struct Reference {
     /// concurrency, into namespaces of their own in the same cluster.
     pub seconds: f64,
     pub applies: u64,
+    /// The cluster's own writes while the reference ran, per client ([`Log::cluster_writes`]).
+    #[serde(default)]
+    pub cluster_writes: BTreeMap<String, u64>,
 }
 
 fn namespace_of(prefix: &str, i: usize) -> String {
@@ -187,10 +193,12 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
     // take a tenth of a core from the cluster it measures.
     let settle = Duration::from_micros((n as u64 * 100).max(10_000));
     let mut applied = None;
+    let mut applied_offset = None;
     while started.elapsed() < timeout {
         let p = watch.progress("bench");
         if applied.is_none() && p.statused >= n && p.bindings_ready >= n {
             applied = Some(started.elapsed().as_secs_f64());
+            applied_offset = Some(audit.offset());
             outcome.cold.operator_cpu_seconds = leader.cpu_seconds();
             outcome.cold.reconciles = leader.reconciles().await;
             log(format!(
@@ -210,6 +218,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
         watch.changed(settle, Duration::from_millis(250)).await;
     }
     outcome.cold.applied_seconds = applied;
+    outcome.cold.cluster_writes = audit.cluster_writes(offset, applied_offset.unwrap_or_else(|| audit.offset()));
     let entries = audit.operator_entries(offset);
     let writes: Vec<&Entry> = entries.iter().filter(|e| e.by("bench-a") && e.is_write() && !e.is_lease()).collect();
     outcome.cold.writes_total = writes.len() as u64;
@@ -278,7 +287,9 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
             Duration::from_secs(120),
         )
         .await;
+    let reference_offset = audit.offset();
     outcome.reference = reference(&client, &watch.workspaces, args.concurrency).await?;
+    outcome.reference.cluster_writes = audit.cluster_writes(reference_offset, audit.offset());
     log(format!("N={n}: reference {} applies in {:.1}s", outcome.reference.applies, outcome.reference.seconds));
 
     outcome.complete = true;
@@ -691,5 +702,5 @@ async fn reference(client: &Client, workspaces: &Store<Workspace>, concurrency: 
         .buffer_unordered(concurrency)
         .try_fold(0, |sum, n| async move { Ok(sum + n) })
         .await?;
-    Ok(Reference { seconds: started.elapsed().as_secs_f64(), applies })
+    Ok(Reference { seconds: started.elapsed().as_secs_f64(), applies, ..Default::default() })
 }
