@@ -697,7 +697,16 @@ async fn index(
 
 async fn fragment(State(state): State<Shared>) -> Response {
     state.count("fragment");
-    Html(state.dashboard().html.to_string()).into_response()
+    Html(bytes::Bytes::from_owner(SharedHtml(state.dashboard().html.clone()))).into_response()
+}
+
+/// The shared rendering as a response body, sent without copying it per request.
+struct SharedHtml(Arc<str>);
+
+impl AsRef<[u8]> for SharedHtml {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 /// Counts a connected browser for as long as its stream lives.

@@ -143,6 +143,12 @@ async fn the_page_is_escaped_and_served_under_a_strict_csp() {
     assert!(!body.contains("<img"), "{body}");
     assert!(body.contains("data-tile=\"vulnerable-artifacts\"><b class=\"count\">4</b>"), "{body}");
 
+    // The fragment is the page's changing part, the same rendering, escaped alike.
+    let (status, headers, fragment) = get(port, "/fragment").await;
+    assert!(status.contains("200") && headers.contains("content-type: text/html"), "{headers}");
+    assert!(!fragment.is_empty() && body.contains(&fragment), "{fragment}");
+    assert!(fragment.contains("data-tile=\"vulnerable-artifacts\"") && !fragment.contains("<img"), "{fragment}");
+
     let (status, headers, script) = get(port, "/assets/portal.js").await;
     assert!(status.contains("200") && headers.contains("content-type: text/javascript"), "{headers}");
     assert!(script.contains("EventSource"));
