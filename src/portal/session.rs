@@ -75,8 +75,11 @@ fn attributes(builder: cookie::CookieBuilder<'static>, max_age: Duration) -> Coo
 
 /// The cookie `name` among the request's `Cookie` headers, decrypted.
 pub fn open<'a, T: DeserializeOwned>(key: &SessionKey, name: &str, cookie_headers: impl Iterator<Item = &'a str>) -> Opened<T> {
-    let found = cookie_headers.flat_map(Cookie::split_parse_encoded).filter_map(Result::ok).find(|c| c.name() == name);
-    let Some(cookie) = found else { return Opened::Missing };
+    // Found by its name before the value is decoded: a value whose percent-encoding is broken
+    // (or decodes to no text) is a tampered cookie of ours, to be cleared, not an absent one.
+    let found = cookie_headers.flat_map(Cookie::split_parse).filter_map(Result::ok).find(|c| c.name() == name);
+    let Some(raw) = found else { return Opened::Missing };
+    let Ok(cookie) = Cookie::parse_encoded(format!("{}={}", raw.name(), raw.value())) else { return Opened::Invalid };
     let jar = CookieJar::new();
     match jar.private(&key.0).decrypt(cookie.into_owned()).and_then(|c| serde_json::from_str(c.value()).ok()) {
         Some(value) => Opened::Valid(value),
@@ -144,6 +147,18 @@ mod tests {
         bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
         let tampered = format!("{name}={}", String::from_utf8(bytes).unwrap());
         assert_eq!(open::<String>(&key(1), SESSION_COOKIE, [tampered.as_str()].into_iter()), Opened::Invalid);
+        // Every position, escapes included (the value is percent-encoded base64: a changed
+        // hex digit of "%2B" decodes to a byte that is no text).
+        for i in 0..value.len() {
+            let mut bytes = value.as_bytes().to_vec();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let tampered = format!("{name}={}", String::from_utf8(bytes).unwrap());
+            assert_eq!(open::<String>(&key(1), SESSION_COOKIE, [tampered.as_str()].into_iter()), Opened::Invalid, "{tampered}");
+        }
+        for broken in ["%ZZ", "%FF", "%"] {
+            let header = format!("{name}={broken}{value}");
+            assert_eq!(open::<String>(&key(1), SESSION_COOKIE, [header.as_str()].into_iter()), Opened::Invalid, "{header}");
+        }
     }
 
     #[test]
