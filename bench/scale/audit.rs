@@ -51,9 +51,17 @@ impl Entry {
 
     /// Sent by the operator replica `identity` (its user agent names it).
     pub fn by(&self, identity: &str) -> bool {
-        self.user_agent.starts_with("hyperpage-operator/") && self.user_agent.contains(&format!("({identity})"))
+        self.client() == OPERATOR_AGENT && self.user_agent.contains(&format!("({identity})"))
+    }
+
+    /// The client's product, the user agent up to its first '/' (empty: the bench itself).
+    pub fn client(&self) -> &str {
+        self.user_agent.split('/').next().unwrap_or_default()
     }
 }
+
+/// The product name in the operator's user agent (`hyperpage-operator/VERSION (IDENTITY)`).
+const OPERATOR_AGENT: &str = "hyperpage-operator";
 
 pub struct Log {
     path: PathBuf,
@@ -71,41 +79,35 @@ impl Log {
     /// The operator's requests (any replica) logged after byte `offset`. Lines of other
     /// clients are skipped before parsing: the log holds the controller manager's too.
     pub fn operator_entries(&self, offset: u64) -> Vec<Entry> {
-        let Ok(mut file) = std::fs::File::open(&self.path) else { return Vec::new() };
-        if file.seek(SeekFrom::Start(offset)).is_err() {
-            return Vec::new();
-        }
-        BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .filter(|l| l.contains("hyperpage-operator/"))
+        let marker = format!("{OPERATOR_AGENT}/");
+        self.lines(offset, u64::MAX)
+            .filter(|l| l.contains(&marker))
             .filter_map(|l| serde_json::from_str::<Entry>(&l).ok())
             // A watch is logged when it starts and again when it ends: count it once.
             .filter(|e| !(e.verb == "watch" && e.stage == "ResponseComplete"))
             .collect()
     }
-}
 
-impl Log {
     /// Mutating requests (Leases aside) of the cluster's own components logged between bytes
-    /// `from` and `to`, per client (the user agent's product: kube-controller-manager,
-    /// kube-scheduler, kwok, kube-apiserver): the work the applied children cause (ReplicaSets,
-    /// Pods, EndpointSlices, their statuses and Events), which the reference pays for too. The
+    /// `from` and `to`, per client (kube-controller-manager, kube-scheduler, kwok,
+    /// kube-apiserver): the work the applied children cause (ReplicaSets, Pods,
+    /// EndpointSlices, their statuses and Events), which the reference pays for too. The
     /// operator's requests and the bench's own (it sends no user agent) are left out.
     pub fn cluster_writes(&self, from: u64, to: u64) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
-        let Ok(mut file) = std::fs::File::open(&self.path) else { return out };
-        if file.seek(SeekFrom::Start(from)).is_err() {
-            return out;
-        }
-        for line in BufReader::new(file.take(to.saturating_sub(from))).lines().map_while(Result::ok) {
-            let Ok(entry) = serde_json::from_str::<Entry>(&line) else { continue };
-            let client = entry.user_agent.split('/').next().unwrap_or_default();
-            if entry.is_write() && !entry.is_lease() && !client.is_empty() && client != "hyperpage-operator" {
+        for entry in self.lines(from, to).filter_map(|l| serde_json::from_str::<Entry>(&l).ok()) {
+            let client = entry.client();
+            if entry.is_write() && !entry.is_lease() && !client.is_empty() && client != OPERATOR_AGENT {
                 *out.entry(client.to_string()).or_insert(0) += 1;
             }
         }
         out
+    }
+
+    /// The log's lines between bytes `from` and `to` (none if it cannot be read).
+    fn lines(&self, from: u64, to: u64) -> impl Iterator<Item = String> {
+        let file = std::fs::File::open(&self.path).ok().and_then(|mut file| file.seek(SeekFrom::Start(from)).ok().map(|_| file));
+        file.into_iter().flat_map(move |file| BufReader::new(file.take(to.saturating_sub(from))).lines().map_while(Result::ok))
     }
 }
 

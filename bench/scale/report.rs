@@ -101,11 +101,11 @@ fn write_cluster_share(w: &mut String, runs: &[Outcome]) -> std::fmt::Result {
         "| N | operator | cluster, operator's window | reference | cluster, reference's window | all writes, operator's / reference's window |"
     )?;
     writeln!(w, "|---|---|---|---|---|---|")?;
+    let per_client = |writes: &std::collections::BTreeMap<String, u64>| {
+        writes.iter().map(|(client, n)| format!("{client} {n}")).collect::<Vec<_>>().join(", ")
+    };
     for (o, all) in counted {
         let (cluster, reference_cluster) = (sum(&o.cold.cluster_writes), sum(&o.reference.cluster_writes));
-        let per_client = |writes: &std::collections::BTreeMap<String, u64>| {
-            writes.iter().map(|(client, n)| format!("{client} {n}")).collect::<Vec<_>>().join(", ")
-        };
         writeln!(
             w,
             "| {} | {} | {cluster} ({}) | {} | {reference_cluster} ({}) | {all:.2}× |",

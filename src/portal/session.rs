@@ -142,11 +142,6 @@ mod tests {
         let set = seal(&key(1), SESSION_COOKIE, &"the id token", Duration::from_secs(300)).unwrap();
         let pair = sent(&set);
         let (name, value) = pair.split_once('=').unwrap();
-        let mut bytes = value.as_bytes().to_vec();
-        let i = bytes.len() / 2;
-        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
-        let tampered = format!("{name}={}", String::from_utf8(bytes).unwrap());
-        assert_eq!(open::<String>(&key(1), SESSION_COOKIE, [tampered.as_str()].into_iter()), Opened::Invalid);
         // Every position, escapes included (the value is percent-encoded base64: a changed
         // hex digit of "%2B" decodes to a byte that is no text).
         for i in 0..value.len() {
