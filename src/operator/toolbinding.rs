@@ -153,8 +153,9 @@ pub fn needs_write(previous: &ToolBindingStatus, new: &ToolBindingStatus, heartb
 
 /// Events for a change of state: one Warning per problem that appeared (conditions naming the
 /// same reason speak once), and one Normal Event for good news however many conditions it
-/// turned (a new binding found its Secret and became Ready: one Event, Ready's), plus one when
-/// pipelines start failing.
+/// turned (a binding that recovers: one Event, Ready's), plus one when pipelines start failing.
+/// A new binding that is fine at first sight gets none: nothing changed that its status does
+/// not already say, and at 10,000 new bindings that is 10,000 writes the API server is spared.
 async fn publish_transitions(binding: &ToolBinding, ctx: &Context, previous: &ToolBindingStatus, status: &ToolBindingStatus) {
     let reference = binding.object_ref(&());
     for (warning, reason, message) in transitions(previous, status) {
@@ -181,8 +182,11 @@ fn transitions(previous: &ToolBindingStatus, status: &ToolBindingStatus) -> Vec<
         }
         let warning = if type_ == RATE_LIMITED { now.status == "True" } else { now.status != "True" };
         if !warning {
-            // Ready comes last: when it turned, it speaks for the rest.
-            good_news = Some((false, now.reason.clone(), now.message.clone()));
+            // Ready comes last: when it turned, it speaks for the rest. A condition seen for
+            // the first time that is good did not turn: it was never anything else.
+            if before.is_some() {
+                good_news = Some((false, now.reason.clone(), now.message.clone()));
+            }
         } else if !warnings.iter().any(|(_, reason, _)| *reason == now.reason) {
             warnings.push((true, now.reason.clone(), now.message.clone()));
         }
@@ -226,17 +230,23 @@ mod tests {
     }
 
     #[test]
-    fn a_new_ready_binding_gets_one_event_and_each_problem_its_own() {
+    fn a_new_ready_binding_gets_no_event_a_recovery_one_and_each_problem_its_own() {
         let b = binding();
         let now = Time(jiff::Timestamp::now());
         let status_of = |desired: &[DesiredCondition], previous: &ToolBindingStatus| binding_status(&b, previous, desired, None, &now);
         let fresh = ToolBindingStatus::default();
         let ready = status_of(&validate(&b, true, &Ok(())), &fresh);
-        let events = transitions(&fresh, &ready);
-        assert_eq!(events.iter().map(|e| (e.0, e.1.as_str())).collect::<Vec<_>>(), [(false, "Configured")]);
+        assert!(transitions(&fresh, &ready).is_empty(), "fine at first sight: no Event");
         assert!(transitions(&ready, &ready).is_empty(), "no change, no Event");
-
         let target = Target::for_binding(&b);
+        let broken = status_of(&validate(&b, true, &Err(problem(&target, false))), &fresh);
+        let events = transitions(&fresh, &broken);
+        assert_eq!(
+            events.iter().map(|e| (e.0, e.1.as_str())).collect::<Vec<_>>(),
+            [(true, "SecretNotOptedIn")],
+            "a problem at first sight is news"
+        );
+
         let unlabelled = status_of(&validate(&b, true, &Err(problem(&target, false))), &ready);
         let events = transitions(&ready, &unlabelled);
         assert_eq!(events.iter().map(|e| (e.0, e.1.as_str())).collect::<Vec<_>>(), [(true, "SecretNotOptedIn")], "one reason, one Event");
