@@ -19,6 +19,7 @@ lint:
 
 unit:
 	cargo test --workspace --locked
+	cargo test --locked --example scale
 
 crds: ## regenerate crds/ (and the chart's copy) from the Rust types
 	cargo run --quiet --locked -- crd --out-dir crds

@@ -36,6 +36,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "unit tests (cargo test, with the demo data source of make run)"
 cargo test --workspace --locked
 
+step "the benchmark's own tests (cargo test --example scale: its audit-log reader and report)"
+cargo test --locked --example scale
+
 step "actionlint .github/workflows (the release workflows cannot run here; they are linted)"
 "$(bash e2e/cluster.sh tool actionlint)" -no-color -shellcheck=shellcheck
 

@@ -466,3 +466,43 @@ fn plot(current: &[Outcome], baseline: &[Outcome]) -> String {
     svg.push_str("</svg>\n");
     svg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn outcome(n: usize, counted: bool) -> Outcome {
+        let mut o = Outcome { n, ..Default::default() };
+        o.cold.writes_total = 1_100;
+        o.reference.applies = 600;
+        if counted {
+            o.cold.cluster_writes = BTreeMap::from([("kube-controller-manager".into(), 1_500), ("kube-scheduler".into(), 200)]);
+            o.reference.cluster_writes = BTreeMap::from([("kube-controller-manager".into(), 1_500), ("kube-scheduler".into(), 100)]);
+        }
+        o
+    }
+
+    #[test]
+    fn the_write_ratio_counts_the_clusters_writes_on_both_sides() {
+        let ratio = write_ratio(&outcome(100, true)).unwrap();
+        assert!((ratio - 2_800.0 / 2_200.0).abs() < 1e-9, "{ratio}");
+        assert_eq!(write_ratio(&outcome(100, false)), None, "a run that did not count them shows none");
+    }
+
+    #[test]
+    fn the_share_table_lists_only_the_sizes_that_counted_the_clusters_writes() {
+        let mut text = String::new();
+        write_cluster_share(&mut text, &[outcome(100, false), outcome(1_000, true)]).unwrap();
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| 1")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| 1000 | 1100 | 1700 (kube-controller-manager 1500, kube-scheduler 200) | 600 | 1600 (kube-controller-manager 1500, kube-scheduler 100) | 1.27× |"
+            ]
+        );
+        let mut none = String::new();
+        write_cluster_share(&mut none, &[outcome(100, false)]).unwrap();
+        assert!(none.is_empty(), "no table without the figures: {none}");
+    }
+}
