@@ -9,6 +9,7 @@
 #   HYPERPAGE_BENCH_REFERENCE_MAX=10000 the largest N with the reference client (at 10,000 it
 #                                      alone took 23 to 66 min of this machine: 60,000 applies)
 #   HYPERPAGE_BENCH_ENGINE=1           0: skip the engine rows (bench/engine/) and keep their last results
+#   HYPERPAGE_BENCH_SHARED="..."       what else ran on the machine during the run, for the report's header
 #   KUBECONFIG=...                     use that cluster instead (one size; it must not hold bench-*/ref-* namespaces)
 #
 # Everything runs under `nice`: the machine is shared, and every figure is also a ratio to a
@@ -73,7 +74,7 @@ for n in $SIZES; do
         {
             echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
             echo "machine: $(uname -sm), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
-            echo "shared: other builds and test suites ran on the same cores during the run"
+            echo "shared: ${HYPERPAGE_BENCH_SHARED:-not recorded (HYPERPAGE_BENCH_SHARED says what else ran on the machine)}"
             echo "rustc: $(rustc --version)"
             echo "hyperpage: $("$HYPERPAGE_BENCH_BIN" version 2>/dev/null | head -1) (release build)"
             echo "kubernetes: $(server_version) (kube-apiserver, controller-manager, scheduler), etcd and kwok as pinned in e2e/tools"
