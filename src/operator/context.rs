@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, GetParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
@@ -194,7 +194,12 @@ impl Context {
 
     /// `Kind/name` when an object with the name of `desired` exists but is not `owner`'s own
     /// child (unlabelled, or not owned by it): the operator must leave it alone. The label
-    /// selected caches only hold labelled objects, so a name missing there is read once.
+    /// selected caches only hold labelled objects, so a name missing there is read once: its
+    /// metadata, from the API server's watch cache (`resourceVersion=0`). A new Workspace
+    /// costs six such reads; from etcd each took the API server and etcd half the CPU of an
+    /// apply (0.92 ms against 0.46 ms from the cache, bench/results/notes.md item 19). The
+    /// cache lags etcd by the watch's delivery, milliseconds: an object created within them
+    /// is missed, as one created between this read and the apply always could be.
     pub async fn foreign_object<K>(&self, store: &ChildCache<K>, desired: &K, owner: &Workspace) -> Result<Option<String>, Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
@@ -204,10 +209,14 @@ impl Context {
         let namespace = desired.namespace().unwrap_or_default();
         let owned = match store.get(&namespace, &name) {
             Some(live) => live.is_owned_by(owner),
-            None => match self.read_live::<K>(&namespace, &name).await? {
-                Some(live) => is_owned_by(live.meta(), owner),
-                None => true,
-            },
+            None => {
+                let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+                match api.get_metadata_opt_with(&name, &GetParams::any()).await {
+                    Ok(Some(live)) => is_owned_by(&live.metadata, owner),
+                    Ok(None) => true,
+                    Err(source) => return Err(Error::Read { kind, name, source }),
+                }
+            }
         };
         Ok((!owned).then(|| format!("{kind}/{name}")))
     }

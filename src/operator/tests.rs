@@ -240,8 +240,12 @@ async fn first_reconcile_applies_every_child_and_reports_progress() {
     for r in requests.iter().filter(|r| r.method == Method::PATCH) {
         assert!(r.query.contains("fieldManager=hyperpage-operator") && r.query.contains("force=true"), "server-side apply: {}", r.query);
     }
+    // Each name the caches lack was read once before, from the API server's watch cache.
+    let reads: Vec<_> = requests.iter().filter(|r| r.method == Method::GET && r.path.ends_with("/payments-portal")).collect();
+    assert_eq!(reads.len(), applied.len(), "one read per child: {:?}", reads.iter().map(|r| &r.path).collect::<Vec<_>>());
+    assert!(reads.iter().all(|r| r.query.contains("resourceVersion=0")), "{:?}", reads.iter().map(|r| &r.query).collect::<Vec<_>>());
     let status = requests.iter().find(|r| r.path.ends_with("/workspaces/payments/status")).expect("status written");
-    assert_eq!(condition_in(&status.body, READY), ("False".into(), "RollingOut".into()));
+    assert_eq!(condition_in(&status.body, READY), ("False".into(), "Creating".into()));
     assert_eq!(status.body["status"]["observedGeneration"], 1);
     assert!(requests.iter().all(|r| !r.path.contains("/events")), "a new Workspace's first rollout is no Event");
 }
@@ -306,10 +310,35 @@ async fn an_available_deployment_makes_the_workspace_ready() {
     let status = w.iter().find(|r| r.path.ends_with("/status")).expect("status written");
     assert_eq!(condition_in(&status.body, READY), ("True".into(), "PortalAvailable".into()));
     assert_eq!(status.body["status"]["portal"]["readyReplicas"], 1);
-    let event = w.iter().find(|r| r.path.contains("/events")).expect("an event on the transition");
-    assert_eq!(event.body["reason"], "PortalAvailable");
-    assert_eq!(event.body["type"], "Normal");
-    assert_eq!(w.len(), 2, "only the status and the event: {:?}", w.iter().map(|r| &r.path).collect::<Vec<_>>());
+    assert_eq!(
+        w.len(),
+        1,
+        "only the status: the end of the first rollout is no Event: {:?}",
+        w.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_portal_that_was_available_reports_its_outage_and_its_recovery() {
+    let (client, api) = FakeApi::start();
+    let (ctx, mut caches) = context(client, Fence::always_open());
+    let mut ws = workspace_fixture();
+    converge_children(&ws, &ctx, &mut caches, 1);
+    ws.status = Some(status_as_observed(&ws, &ctx));
+    assert!(conditions::is_true(&ws.status.as_ref().unwrap().conditions, READY));
+
+    let mut reasons = Vec::new();
+    for available in [0, 1] {
+        converge_children(&ws, &ctx, &mut caches, available);
+        workspace::reconcile(Arc::new(ws.clone()), ctx.clone()).await.unwrap();
+        ctx.events_sent().await;
+        ws.status = Some(status_as_observed(&ws, &ctx));
+        let requests = api.take();
+        let events: Vec<_> = writes(&requests).into_iter().filter(|r| r.path.contains("/events")).collect();
+        assert_eq!(events.len(), 1, "one Event per change of Ready once the portal was available");
+        reasons.push((events[0].body["reason"].clone(), events[0].body["type"].clone()));
+    }
+    assert_eq!(reasons, [(json!("RollingOut"), json!("Normal")), (json!("PortalAvailable"), json!("Normal"))]);
 }
 
 #[tokio::test]

@@ -254,9 +254,7 @@ async fn write_status(ws: &Workspace, ctx: &Context, status: WorkspaceStatus) ->
     let was = conditions::find(&previous.conditions, READY);
     if let Some(now) = conditions::find(&status.conditions, READY)
         && was.map(|c| (&c.status, &c.reason)) != Some((&now.status, &now.reason))
-        // A new Workspace rolling out its first portal is not news (its Deployment says so);
-        // reaching PortalAvailable is, and so is a later rollout.
-        && !(was.is_none() && now.reason == "RollingOut")
+        && !is_first_rollout(was.map(|c| c.reason.as_str()), &now.reason)
     {
         let warning = now.status != "True" && now.reason != "RollingOut";
         ctx.publish_event(CONTROLLER, &ws.object_ref(&()), warning, &now.reason, now.message.clone(), "Reconcile");
@@ -273,6 +271,24 @@ async fn write_status(ws: &Workspace, ctx: &Context, status: WorkspaceStatus) ->
         ctx.publish_event(CONTROLLER, &ws.object_ref(&()), true, conflict, now.message.clone(), "Reconcile");
     }
     Ok(())
+}
+
+/// `Ready`'s reason while a Workspace's portal has never been available, and the one once it is.
+pub const CREATING: &str = "Creating";
+pub const PORTAL_AVAILABLE: &str = "PortalAvailable";
+
+/// Whether the portal has never been available: no `Ready` yet, or `Ready` still `Creating`.
+/// A refusal or a problem in between counts as a history: what follows it is news.
+fn never_ready(previous: &WorkspaceStatus) -> bool {
+    conditions::find(&previous.conditions, READY).is_none_or(|c| c.reason == CREATING)
+}
+
+/// A new Workspace's first rollout is no Event: `Creating` says so in its status, and so
+/// does the `PortalAvailable` that ends it (with its `lastTransitionTime`). Creating a
+/// Workspace that works costs no Event; whatever happens to it after that is news, and so
+/// is a first status that is a problem.
+fn is_first_rollout(was: Option<&str>, now: &str) -> bool {
+    matches!(was, None | Some(CREATING)) && matches!(now, CREATING | PORTAL_AVAILABLE)
 }
 
 fn invalid_status(ws: &Workspace, message: &str, now: &Time) -> WorkspaceStatus {
@@ -330,7 +346,9 @@ pub fn compute_status(
     } else if desired_replicas == 0 {
         DesiredCondition::new(READY, false, "ScaledToZero", "spec.portal.replicas is 0: the portal is not running")
     } else if deployment.is_some() && available >= desired_replicas {
-        DesiredCondition::new(READY, true, "PortalAvailable", format!("{pods} at {}", portal_url(ws)))
+        DesiredCondition::new(READY, true, PORTAL_AVAILABLE, format!("{pods} at {}", portal_url(ws)))
+    } else if never_ready(&previous) {
+        DesiredCondition::new(READY, false, CREATING, format!("creating the portal: {pods}"))
     } else {
         DesiredCondition::new(READY, false, "RollingOut", pods.clone())
     };
@@ -497,6 +515,34 @@ mod tests {
         assert_eq!(after.observed_generation, Some(1));
         assert_eq!(after.portal.as_ref().unwrap().ready_replicas, 1);
         assert_eq!(after.portal.as_ref().unwrap().url, "http://payments-portal.team-payments.svc/");
+    }
+
+    #[test]
+    fn a_portal_never_available_is_creating_and_one_that_was_is_rolling_out() {
+        let mut ws = ws(BASIC);
+        let first = compute_status(&ws, None, &[], &Refusals::default(), &now());
+        assert_eq!(condition(&first, READY).reason, CREATING);
+        ws.status = Some(first);
+        assert_eq!(
+            condition(&compute_status(&ws, None, &[], &Refusals::default(), &now()), READY).reason,
+            CREATING,
+            "until it is available"
+        );
+        ws.status = Some(compute_status(&ws, Some(&deployment(AVAILABLE)), &[], &Refusals::default(), &now()));
+        // Lost its pods, or scaled up: the portal was available before, so this is a rollout.
+        let again = compute_status(&ws, None, &[], &Refusals::default(), &now());
+        assert_eq!(condition(&again, READY).reason, "RollingOut");
+
+        assert!(
+            is_first_rollout(None, CREATING)
+                && is_first_rollout(Some(CREATING), PORTAL_AVAILABLE)
+                && is_first_rollout(None, PORTAL_AVAILABLE)
+        );
+        assert!(!is_first_rollout(Some(PORTAL_AVAILABLE), "RollingOut") && !is_first_rollout(Some("RollingOut"), PORTAL_AVAILABLE));
+        assert!(
+            !is_first_rollout(None, "PolicyViolation") && !is_first_rollout(Some("PolicyViolation"), PORTAL_AVAILABLE),
+            "problems and recoveries are news"
+        );
     }
 
     #[test]

@@ -634,16 +634,25 @@ async fn the_charts_service_account_runs_the_operator_and_can_do_nothing_else() 
         let conditions = binding.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
         assert!(conditions::is_true(&conditions, CREDENTIALS_VALID) && conditions::is_true(&conditions, READY), "{}", binding.name_any());
     }
+    // Events too. A Workspace that works and bindings fine at first sight are no news, so
+    // the account's Event rights get a problem to report: a binding naming a Secret that
+    // was never opted in.
+    let unopted = serde_json::json!({
+        "apiVersion": "hyperpage.dev/v1alpha1", "kind": "ToolBinding", "metadata": {"name": "unopted"},
+        "spec": {"workspaceRef": {"name": "payments"}, "provider": "github",
+                 "credentialsSecretRef": {"name": "never-opted-in", "key": "token"}, "github": {"repositories": ["acme/payments-api"]}},
+    });
+    bindings.create(&Default::default(), &serde_json::from_value(unopted).unwrap()).await.unwrap();
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
-    wait_for("the Workspace's Event from the operator", Duration::from_secs(30), || async {
+    wait_for("the binding's Warning Event from the operator", Duration::from_secs(30), || async {
         let list = events.list(&Default::default()).await.ok()?;
-        // The Workspace's first Ready is news (its bindings, fine at first sight, are not).
         list.items
             .iter()
             .any(|e| {
                 e.reporting_controller.as_deref() == Some("hyperpage-operator")
-                    && e.reason.as_deref() == Some("PortalAvailable")
-                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Workspace")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.reason.as_deref() == Some("SecretNotOptedIn")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("unopted")
             })
             .then_some(())
     })
